@@ -1,0 +1,1 @@
+"""Tessera Studio: the PySide6 canvas. Imports engine, never training."""

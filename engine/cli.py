@@ -1,0 +1,62 @@
+"""The `tessera` command. Each package contributes subcommands through the
+`tessera.commands` entry-point group, so this module depends on no package above it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib.metadata import entry_points
+
+from engine.errors import TesseraError
+
+# Used when package metadata is missing (a frozen build or a source tree on sys.path).
+FALLBACK_COMMAND_MODULES = ("engine.commands", "training.commands", "app.commands")
+
+
+def _registrars():
+    found = list(entry_points(group="tessera.commands"))
+    if found:
+        for ep in found:
+            try:
+                yield ep.load()
+            except ImportError:  # an optional package (training) is absent: its commands are too
+                continue
+        return
+    import importlib
+
+    for name in FALLBACK_COMMAND_MODULES:
+        try:
+            yield importlib.import_module(name).register
+        except ImportError:
+            continue
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tessera", description="Tessera: text and images as tokens.")
+    parser.add_argument("--self-test", action="store_true", help="run the bundled model headless and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for register in _registrars():
+        register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.self_test:
+        from engine.selftest import run_self_test
+
+        return run_self_test()
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        result = args.func(args)
+    except TesseraError as exc:
+        print(f"tessera: error: {exc}", file=sys.stderr)
+        return 1
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

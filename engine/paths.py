@@ -1,0 +1,37 @@
+"""Where Tessera finds its shipped assets and keeps the user's data."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+
+def assets_dir() -> Path:
+    """The `assets/` folder: $TESSERA_ASSETS, inside a frozen build, or beside the source tree."""
+    if env := os.environ.get("TESSERA_ASSETS"):
+        return Path(env)
+    frozen_root = getattr(sys, "_MEIPASS", None)
+    if frozen_root:
+        return Path(frozen_root) / "assets"
+    return Path(__file__).resolve().parent.parent / "assets"
+
+
+def default_bundle_dir() -> Path:
+    return assets_dir() / "models" / "shapes"
+
+
+def default_image_tokenizer_dir() -> Path:
+    return assets_dir() / "tokenizers" / "shapes-vq"
+
+
+def user_data_dir() -> Path:
+    """Per-user data (library, autosave, logs); $TESSERA_HOME overrides it (tests use it)."""
+    if env := os.environ.get("TESSERA_HOME"):
+        path = Path(env)
+    else:
+        from platformdirs import user_data_dir as _platform_dir
+
+        path = Path(_platform_dir("Tessera", "Tessera"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path

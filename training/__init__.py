@@ -1,0 +1,1 @@
+"""Tessera training: datasets, tokenizers, retriever, pretraining, SFT, evaluation. Imports engine and torch."""
