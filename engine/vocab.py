@@ -112,7 +112,10 @@ class Vocab:
         arr = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids, dtype=np.int64)
         bad = np.flatnonzero((arr < 0) | (arr >= self.size))
         if bad.size:
-            raise BadInputError(f"token id {int(arr[bad[0]])} at position {int(bad[0])} is outside 0..{self.size - 1}")
+            first = int(bad[0])
+            raise BadInputError(
+                f"token id {int(arr[first])} at position {first} is outside 0..{self.size - 1}"
+            )
         return arr
 
     def name(self, token_id: int) -> str:
