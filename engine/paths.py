@@ -25,6 +25,10 @@ def default_image_tokenizer_dir() -> Path:
     return assets_dir() / "tokenizers" / "shapes-vq"
 
 
+def default_text_tokenizer_path() -> Path:
+    return assets_dir() / "tokenizers" / "shapes-text" / "tokenizer.json"
+
+
 def user_data_dir() -> Path:
     """Per-user data (library, autosave, logs); $TESSERA_HOME overrides it (tests use it)."""
     if env := os.environ.get("TESSERA_HOME"):

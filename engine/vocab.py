@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.errors import BadInputError
+from engine.errors import BadInputError, BundleError
 
 NUM_MASKS = 16
 SPECIAL_NAMES = ("<pad>", "<eos>", "<break>", *(f"<mask:{i}>" for i in range(NUM_MASKS)), "<infill>")
@@ -38,7 +38,10 @@ class Vocab:
     infill = 3 + NUM_MASKS
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "image_grid", tuple(self.image_grid))
+        grid = tuple(int(g) for g in self.image_grid)
+        if len(grid) != 2 or min(grid) <= 0:
+            raise ValueError(f"Vocab.image_grid must be two positive ints, got {self.image_grid}")
+        object.__setattr__(self, "image_grid", grid)
         for name in ("text_size", "image_size", "seg_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"Vocab.{name} must be positive, got {getattr(self, name)}")
@@ -100,21 +103,21 @@ class Vocab:
         return _shift(classes, self.seg_offset, self.seg_size, "segmentation class")
 
     def to_bpe(self, ids: Iterable[int]) -> np.ndarray:
-        return _unshift(ids, self.text_offset, self.text_size, "text")
+        return _unshift(ids, self.text_offset, self.text_size, "a text")
 
     def to_codes(self, ids: Iterable[int]) -> np.ndarray:
-        return _unshift(ids, self.image_offset, self.image_size, "image")
+        return _unshift(ids, self.image_offset, self.image_size, "an image")
 
     def to_classes(self, ids: Iterable[int]) -> np.ndarray:
-        return _unshift(ids, self.seg_offset, self.seg_size, "segmentation")
+        return _unshift(ids, self.seg_offset, self.seg_size, "a segmentation")
 
     def validate(self, ids: Iterable[int]) -> np.ndarray:
-        arr = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids, dtype=np.int64)
+        arr = _as_int_array(ids, "token ids")
         bad = np.flatnonzero((arr < 0) | (arr >= self.size))
         if bad.size:
             first = int(bad[0])
             raise BadInputError(
-                f"token id {int(arr[first])} at position {first} is outside 0..{self.size - 1}"
+                f"token id {int(arr.flat[first])} at position {first} is outside 0..{self.size - 1}"
             )
         return arr
 
@@ -149,11 +152,21 @@ class Vocab:
 
     @classmethod
     def load(cls, path: str | Path) -> Vocab:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"cannot read the vocabulary {path}: {exc}") from exc
+
+
+def _as_int_array(values: Iterable[int], what: str) -> np.ndarray:
+    arr = np.asarray(list(values) if not isinstance(values, np.ndarray) else values)
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise BadInputError(f"{what} must be integers, got {arr.dtype}")
+    return arr.astype(np.int64)
 
 
 def _shift(values: Iterable[int], offset: int, size: int, what: str) -> np.ndarray:
-    arr = np.asarray(list(values) if not isinstance(values, np.ndarray) else values, dtype=np.int64)
+    arr = _as_int_array(values, what)
     bad = np.flatnonzero((arr < 0) | (arr >= size))
     if bad.size:
         raise BadInputError(f"{what} {int(arr.flat[bad[0]])} is outside 0..{size - 1}")
@@ -161,10 +174,10 @@ def _shift(values: Iterable[int], offset: int, size: int, what: str) -> np.ndarr
 
 
 def _unshift(ids: Iterable[int], offset: int, size: int, what: str) -> np.ndarray:
-    arr = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids, dtype=np.int64)
+    arr = _as_int_array(ids, "token ids")
     bad = np.flatnonzero((arr < offset) | (arr >= offset + size))
     if bad.size:
         raise BadInputError(
-            f"token id {int(arr.flat[bad[0]])} is not a {what} token (expected {offset}..{offset + size - 1})"
+            f"token id {int(arr.flat[bad[0]])} is not {what} token (expected {offset}..{offset + size - 1})"
         )
     return arr - offset
