@@ -16,27 +16,23 @@ FALLBACK_COMMAND_MODULES = ("engine.commands", "training.commands", "app.command
 def _registrars():
     found = list(entry_points(group="tessera.commands"))
     if found:
-        for ep in found:
-            try:
-                yield ep.load()
-            except ImportError:  # an optional package (training) is absent: its commands are too
-                continue
+        yield from (ep.load for ep in found)
         return
     import importlib
 
     for name in FALLBACK_COMMAND_MODULES:
-        try:
-            yield importlib.import_module(name).register
-        except ImportError:
-            continue
+        yield lambda name=name: importlib.import_module(name).register
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tessera", description="Tessera: text and images as tokens.")
     parser.add_argument("--self-test", action="store_true", help="run the bundled model headless and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for register in _registrars():
-        register(sub)
+    for load in _registrars():
+        try:
+            load()(sub)
+        except ImportError:  # an optional part (training without torch, a frozen build): no commands from it
+            continue
     return parser
 
 

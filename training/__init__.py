@@ -1,1 +1,1 @@
-"""Tessera training: datasets, tokenizers, retriever, pretraining, SFT, evaluation. Imports engine and torch."""
+"""Tessera training: datasets, tokenizers, retriever, pretraining, SFT, evaluation (imports engine, torch)."""

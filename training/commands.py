@@ -16,7 +16,15 @@ GROUPS = {
 
 # Each module defines register(groups: dict[str, argparse._SubParsersAction]).
 COMMAND_MODULES: tuple[str, ...] = (
+    "training.tokenizer_commands",
+    "training.model_commands",
     "training.data.commands",
+    "training.retrieval_commands",
+    "training.text_commands",
+    "training.export_commands",
+    "training.eval_commands",
+    "training.sft_commands",
+    "training.recipe",
 )
 
 

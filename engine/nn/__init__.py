@@ -1,1 +1,1 @@
-"""Torch modules (transformer, VQ autoencoder, retriever). Only training, export and the torch backend import these."""
+"""Torch modules (transformer, VQ autoencoder, retriever): for training, export and the torch backend."""

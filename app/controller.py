@@ -1,0 +1,249 @@
+"""The studio's job logic: turn the prompt panel and the canvas into engine jobs, and job events back
+into previews, candidates, captions, overlays and history entries.
+
+Each job captures copies of what it reads (image, mask, prompt, seed) at submit time, so whatever
+the artist does while it waits in the queue cannot change it. Results never touch the document
+directly: images go to the candidates strip and only an explicit Accept puts them on the canvas.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PySide6.QtCore import QObject
+
+from app import mask as M
+from app.history import HistoryEntry
+from app.imageutil import png_bytes, resize, rgba
+from app.panels import CandidateItem
+from app.prompt_panel import TASKS
+from app.qtfix import Signal
+from engine.errors import UnsupportedTaskError
+from engine.events import Finished, PartialImage, Progress, Retrieved
+from engine.io import atomic_write_bytes
+from engine.paths import user_data_dir
+
+if TYPE_CHECKING:
+    from app.window import MainWindow
+
+IMAGE_TASKS = ("generate", "inpaint", "edit")
+
+
+def _short(text: str, n: int = 40) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+class Controller(QObject):
+    message = Signal(str)  # for the status bar
+    error = Signal(str, str)  # title, message
+    progress = Signal(int, int, float)  # done, total, tokens/s; total 0 hides the bar
+    caption_ready = Signal(str)
+
+    def __init__(self, win: MainWindow) -> None:
+        super().__init__(win)
+        self.win = win
+        self.model_id = ""
+        self.class_names: tuple[str, ...] = ()
+        self.feather = 2
+        self._active: int | None = None  # the running job: its events drive the preview and progress
+        win.queue.event.connect(self._on_event)
+        win.queue.ended.connect(self._on_ended)
+        win.queue.changed.connect(self._on_changed)
+        win.queue.engine_changed.connect(self._on_engine)
+
+    # -- submitting ---------------------------------------------------------------------------------------
+    def run(self) -> int | None:
+        """Run the task picked in the prompt panel. Returns the job id, or None (with a message)."""
+        panel, doc = self.win.prompt, self.win.doc
+        task, text = panel.task(), panel.prompt_text()
+        if TASKS[task][3] and not text and task != "inpaint":  # inpainting may follow no prompt
+            return self._refuse("Type a prompt first." if task != "answer" else "Type a question first.")
+        if task != "generate" and doc.is_blank():
+            return self._refuse("The canvas is empty: generate or open an image first.")
+        if task == "inpaint" and not doc.has_mask():
+            return self._refuse("Paint a mask over the part to regenerate first (brush: B).")
+        if task == "caption":
+            return self.caption()
+        if task == "segment":
+            return self.segment()
+        if task == "answer":
+            return self.ask(text)
+        seed = panel.take_seed()
+        sampling = panel.sampling()
+        if task != "generate":  # inpaint and edit take no CD-K and retrieve nothing (engine.Engine)
+            sampling = {k: sampling[k] for k in ("n", "cfg", "temperature", "top_p")}
+        params = {"task": task, "prompt": text, "seed": seed, "settings": {**sampling, "seed": seed}}
+        label = f"{TASKS[task][0]} · {_short(text)}"
+        if task == "generate":
+            def call(engine, _):
+                return engine.generate(text, seed=seed, **sampling)
+            return self.win.queue.submit(task, label, call, params)
+        image = doc.engine_image()
+        if task == "inpaint":
+            mask = doc.engine_mask()
+            context = {"original": doc.image.copy(), "alpha": doc.alpha(self.feather)}
+
+            def call(engine, _):
+                return engine.inpaint(image, mask, text, seed=seed, **sampling)
+        else:
+            context = {"size": (doc.width, doc.height)}
+
+            def call(engine, _):
+                return engine.edit(image, text, seed=seed, **sampling)
+        return self.win.queue.submit(task, label, call, params, context)
+
+    def rerun(self, entry: HistoryEntry) -> int | None:
+        self.win.prompt.recall(entry.task, entry.prompt, entry.seed, entry.settings)
+        return self.run()
+
+    def caption(self) -> int | None:
+        if self.win.doc.is_blank():
+            return self._refuse("The canvas is empty: nothing to caption.")
+        image = self.win.doc.engine_image()
+        return self.win.queue.submit("caption", "Caption", lambda engine, _: engine.caption(image))
+
+    def segment(self) -> int | None:
+        if self.win.doc.is_blank():
+            return self._refuse("The canvas is empty: nothing to segment.")
+        image = self.win.doc.engine_image()
+        return self.win.queue.submit("segment", "Segment", lambda engine, _: engine.segment(image))
+
+    def ask(self, question: str) -> int | None:
+        if self.win.doc.is_blank():
+            return self._refuse("The canvas is empty: nothing to ask about.")
+        image = self.win.doc.engine_image()
+        return self.win.queue.submit("answer", f"Ask · {_short(question)}",
+                                     lambda engine, _: engine.answer(image, question), {"prompt": question})
+
+    def add_reference(self) -> int | None:
+        """Save the canvas into the references folder and add it to the engine's library."""
+        if self.win.doc.is_blank():
+            return self._refuse("The canvas is empty: nothing to add as a reference.")
+        stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{int(time.time() * 1000) % 1000:03d}"
+        path = user_data_dir() / "references" / f"ref-{stamp}.png"
+        atomic_write_bytes(path, png_bytes(self.win.doc.image))
+        return self.win.queue.submit("library", "Add reference", lambda engine, _: _library_call(
+            engine, lambda lib: lib.add_images([str(path)])))
+
+    def add_library_folder(self, folder: str) -> int:
+        self.win.retrieval.set_indexing(0, 1)
+        return self.win.queue.submit("library", f"Index · {_short(folder, 30)}", lambda engine, progress: (
+            _library_call(engine, lambda lib: lib.add_folder(folder, progress=progress))))
+
+    def remove_library(self, ids: list[int]) -> int:
+        return self.win.queue.submit("library", "Remove references", lambda engine, _: _library_call(
+            engine, lambda lib: lib.remove(ids)))
+
+    def refresh_library(self) -> int:
+        """Show what the library already holds; a model without a retriever simply has none."""
+        def listing(engine, _):
+            try:
+                return _library_call(engine, None)
+            except UnsupportedTaskError:
+                return []
+        return self.win.queue.submit("library", "Library", listing)
+
+    def _refuse(self, text: str) -> None:
+        self.message.emit(text)
+        return None
+
+    # -- results --------------------------------------------------------------------------------------------
+    def _on_engine(self, info: dict) -> None:
+        self.model_id = info["model_id"]
+        self.class_names = info["seg_class_names"]
+        self.refresh_library()
+
+    def _on_changed(self, job_id: int) -> None:
+        record = self.win.queue.records.get(job_id)
+        if record is not None and record.state == "running" and record.task != "load":
+            self._active = job_id
+            self.message.emit(f"Running: {record.label}…")
+            if record.task in IMAGE_TASKS:
+                self.win.retrieval.set_retrieved(())
+
+    def _on_event(self, job_id: int, ev: object) -> None:
+        record = self.win.queue.records[job_id]
+        if isinstance(ev, Progress):
+            if record.task == "library":
+                self.win.retrieval.set_indexing(ev.done, ev.total)
+            else:
+                self.progress.emit(ev.done, ev.total, ev.tokens_per_s)
+        elif isinstance(ev, PartialImage) and ev.candidate == 0 and record.task in IMAGE_TASKS:
+            self.win.canvas.show_preview(self._result_image(record, ev.image))
+        elif isinstance(ev, Retrieved):
+            self.win.retrieval.set_retrieved(ev.documents)
+
+    def _on_ended(self, job_id: int, state: str, result: object) -> None:
+        record = self.win.queue.records[job_id]
+        if job_id == self._active:  # the streaming job ended: the canvas shows the document again
+            self._active = None
+            self.win.canvas.show_preview(None)
+            self.progress.emit(0, 0, 0.0)
+        if record.task == "library" and state != "done":
+            self.win.retrieval.set_indexing(None)
+        if state == "done" and record.task != "load":  # replaces "Running: …"; task messages follow
+            self.message.emit(f"Done: {record.label}")
+        if state == "cancelled":
+            self.message.emit(f"Cancelled: {record.label}")
+        elif state == "failed":
+            if record.task == "load":
+                kept = "the previous model stays loaded" if self.model_id else "no model is loaded"
+                self.error.emit("Could not load the model", f"{result}\n\nThe studio keeps running ({kept}); "
+                                "open another model with File › Open model….")
+            else:
+                self.error.emit(f"{record.label} failed", str(result))
+        elif record.task in IMAGE_TASKS:
+            self._images_done(record, result)
+        elif record.task == "caption":
+            text = result.candidates[0].text or ""
+            self.win.insight.set_caption(text)
+            self.caption_ready.emit(text)
+            self.message.emit("Caption ready: copy it to the prompt from the Describe panel.")
+        elif record.task == "answer":
+            self.win.insight.add_answer(record.params.get("prompt", ""), result.candidates[0].text or "")
+            self.win.show_panel("describe")
+        elif record.task == "segment":
+            grid = np.asarray(result.candidates[0].segmentation)
+            self.win.doc.set_segmentation(grid, self.class_names)
+            self.message.emit("Segmented. Pick the Region tool (R) and click a region to make it the mask.")
+        elif record.task == "library":
+            self.win.retrieval.set_indexing(None)
+            self.win.retrieval.set_library(result)
+
+    def _images_done(self, record, finished: Finished) -> None:
+        settings = {**record.params.get("settings", {}), **(finished.settings or {})}
+        base = {"task": record.task, "prompt": record.params.get("prompt", ""),
+                "seed": settings.get("seed", record.params.get("seed")), "settings": settings,
+                "model_id": self.model_id}
+        items = [CandidateItem(self._result_image(record, c.image), {**base, "rank": i, "score": c.score})
+                 for i, c in enumerate(finished.candidates) if c.image is not None]
+        if not items:
+            self.error.emit(f"{record.label} failed", "The model returned no image.")
+            return
+        self.win.candidates.set_candidates(items)
+        thumb = resize(items[0].image, 64, 64)
+        self.win.history.add(HistoryEntry(record.task, base["prompt"], base["seed"], settings, self.model_id,
+                                          thumb))
+        self.message.emit(f"{len(items)} candidate(s) in {finished.seconds:.1f} s. "
+                          "Accept one onto the canvas (Enter), keep it or discard it.")
+
+    def _result_image(self, record, image: np.ndarray) -> np.ndarray:
+        """A model image as the canvas will get it: inpainting composited into the original."""
+        out = rgba(image)
+        if record.task == "inpaint":
+            original, alpha = record.context["original"], record.context["alpha"]
+            out = M.composite(original, resize(out, original.shape[1], original.shape[0]), alpha)
+        elif record.task == "edit":
+            out = resize(out, *record.context["size"])
+        return out
+
+
+def _library_call(engine, operation):
+    """Run a library operation on the worker thread and return the library's new contents."""
+    library = engine.library
+    if operation is not None:
+        operation(library)
+    return list(library.list())

@@ -1,0 +1,145 @@
+"""`tessera studio --screenshot FILE [--demo]`: render the window offscreen and exit.
+
+With --demo the studio is driven through its real job pipeline (the demo engine streams events
+through the worker thread exactly as a model would) into one of these states, picked by FILE's
+name: generating.png (mid-stream), mask.png, segmentation.png, caption.png; any other name shows
+all of it at once (an image, a painted mask, a segmentation overlay and a caption).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PySide6.QtCore import QEventLoop
+from PySide6.QtWidgets import QApplication
+
+from app.demo_engine import COLORS
+from app.window import MainWindow
+from engine.events import PartialImage
+
+log = logging.getLogger(__name__)
+STATES = ("generating", "mask", "segmentation", "caption")
+SCENE = "a large red circle, a blue star and a yellow triangle"
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    app = QApplication.instance()
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        app.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 20)
+        time.sleep(0.002)
+    return True
+
+
+def _settle(win: MainWindow) -> None:
+    for _ in range(5):
+        QApplication.processEvents()
+        time.sleep(0.01)
+    win.canvas.fit()
+    QApplication.processEvents()
+
+
+def _finish(win: MainWindow, job_id: int | None) -> None:
+    if job_id is None or not wait_until(lambda: win.queue.records[job_id].state in ("done", "failed")):
+        raise RuntimeError(f"demo job {job_id} did not finish")
+
+
+def _generate(win: MainWindow, prompt: str, seed: int, n: int = 3, accept: bool = True) -> None:
+    win.prompt.set_task("generate")
+    win.prompt.set_prompt(prompt)
+    win.prompt.set_seed(seed, "fixed")
+    win.prompt.candidates.setValue(n)
+    _finish(win, win.controller.run())
+    if accept:
+        win.candidates.accept_current()
+
+
+def _paint_mask(win: MainWindow) -> None:
+    """A brush stroke over the star, drawn the way the mouse would (one undoable stroke)."""
+    x, y = _colour_centre(win, "blue")
+    doc = win.doc
+    win.canvas.set_brush(size=140, hardness=0.6)
+    doc.begin_stroke(x - 6, y - 4, win.canvas.brush_kernel(), erase=False)
+    for dx, dy in ((2, 3), (7, -2), (3, 7)):
+        doc.stroke_to(x + dx, y + dy)
+    doc.end_stroke()
+
+
+def _colour_centre(win: MainWindow, colour: str) -> tuple[float, float]:
+    """The centre of the pixels of one of the demo's shape colours (where to paint or click)."""
+    rgb = win.doc.engine_image().astype(np.int32)
+    near = np.abs(rgb - np.array(COLORS[colour])).sum(axis=2) < 60
+    ys, xs = np.nonzero(near)
+    if not len(xs):
+        return win.doc.width / 2, win.doc.height / 2
+    return float(xs.mean()), float(ys.mean())
+
+
+def _stage(win: MainWindow, state: str) -> Callable[[], None] | None:
+    """Drive the studio into `state`; returns a grab function when the grab must happen mid-job."""
+    if state == "generating":
+        _generate(win, "a purple heart on a cream background", 11, n=2)
+        _generate(win, "a green cross and a pink square", 5, n=2, accept=False)
+        win.show_panel("retrieval")
+        win.prompt.set_prompt(SCENE)
+        win.prompt.set_seed(7, "fixed")
+        return lambda: win.controller.run()
+    _generate(win, SCENE, 7)
+    if state in ("mask", "all"):
+        _paint_mask(win)
+        win.prompt.set_task("inpaint")
+        win.prompt.set_prompt("a green heart")
+        win.act["brush"].trigger()
+        x, y = _colour_centre(win, "red")  # the brush cursor, as if the mouse were over the circle
+        r = win.canvas.brush_size / 2 / win.doc.scale
+        win.canvas.cursor_item.setRect(x - r, y - r, 2 * r, 2 * r)
+        win.canvas.cursor_item.setVisible(True)
+    if state in ("segmentation", "all"):
+        _finish(win, win.controller.segment())
+        win.act["region"].trigger()
+    if state in ("caption", "all"):
+        _finish(win, win.controller.caption())
+        win.show_panel("describe")
+        _finish(win, win.controller.ask("what colour is the star?"))
+        win.insight.question.setText("how many shapes are there?")
+    if state in ("mask", "segmentation"):
+        win.show_panel("layers")
+    return None
+
+
+def take_screenshot(win: MainWindow, path: str | Path, demo: bool) -> int:
+    path = Path(path)
+    state = path.stem if path.stem in STATES else "all"
+    win.resize(1440, 900)
+    win.show()
+    if not wait_until(lambda: win.queue.records and all(
+            r.state != "running" and r.state != "queued" for r in win.queue.records.values()), 60):
+        log.warning("the model did not finish loading before the screenshot")
+    start = _stage(win, state) if demo else None
+    if start is not None:  # grab mid-stream: once the image is five rows in
+        grabbed: list = []
+
+        def on_event(_job_id, ev):
+            if isinstance(ev, PartialImage) and ev.rows_done >= 5 and not grabbed:
+                QApplication.processEvents()
+                grabbed.append(win.grab())
+
+        win.queue.event.connect(on_event)
+        start()
+        wait_until(lambda: bool(grabbed))
+        win.cancel_active()
+        image = grabbed[0] if grabbed else win.grab()
+    else:
+        _settle(win)
+        image = win.grab()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok = image.save(str(path), "PNG")
+    win.close()
+    print(f"screenshot: {path} ({state})" if ok else f"could not write {path}")
+    return 0 if ok else 1

@@ -1,0 +1,490 @@
+"""The main window: canvas in the middle, prompt panel on the left, tabbed panels on the right,
+candidates under the canvas, job progress and the model in the status bar."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import shiboken6
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QAction, QActionGroup, QKeySequence
+from PySide6.QtWidgets import (
+    QApplication,
+    QDockWidget,
+    QFileDialog,
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QMainWindow,
+    QMenu,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app import mask as M
+from app import theme
+from app.canvas import CanvasView
+from app.controller import Controller
+from app.dialogs import ShortcutsDialog, error_box, open_log
+from app.document import Document
+from app.history import HistoryPanel
+from app.imageutil import load_image
+from app.insight_panel import InsightPanel
+from app.layers_panel import LayersPanel
+from app.panels import CandidatesStrip, QueuePanel, RetrievalPanel
+from app.prompt_panel import TASKS, PromptPanel
+from app.session import Session
+from app.settings import StudioSettings
+from app.worker import JobQueue
+from engine.errors import TesseraError
+
+log = logging.getLogger(__name__)
+IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff)"
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, engine_factory: Callable[[], object] | None, settings: StudioSettings | None = None,
+                 autosave: bool = True, restore: bool = True) -> None:
+        super().__init__()
+        self.settings = settings or StudioSettings()
+        self.file_path: str | None = None
+        self.last_error = None  # the most recent error box (tests and screenshots look at it)
+        self.engine_info: dict | None = None  # model_id, provider, tasks, seg_class_names
+        self.setWindowTitle("Tessera Studio")
+        self.setWindowIcon(theme.icon("model", theme.ACCENT))
+        self.setDockNestingEnabled(True)
+        self.resize(1440, 900)
+
+        self.doc = Document(self)
+        self.queue = JobQueue(self)
+        self.canvas = CanvasView(self.doc)
+        self.prompt = PromptPanel(self.settings.presets)
+        self.candidates = CandidatesStrip()
+        self.layers = LayersPanel(self.canvas, self.settings.feather)
+        self.insight = InsightPanel()
+        self.retrieval = RetrievalPanel()
+        self.queue_panel = QueuePanel(self.queue)
+        self.history = HistoryPanel()
+        self.controller = Controller(self)
+        self.controller.feather = self.settings.feather
+
+        self._build_central()
+        self._build_docks()
+        self._build_actions()
+        self._build_status()
+        self._connect()
+
+        self.session = Session(self, self.settings.autosave_seconds)
+        self.autosave = autosave
+        if restore and self.session.restore():
+            self.statusBar().showMessage("Restored your last session.", 6000)
+        if autosave:
+            self.session.start()
+        if engine_factory is not None:
+            self.load_engine(engine_factory)
+        self._update_title()
+
+    # -- layout ------------------------------------------------------------------------------------
+    def _build_central(self) -> None:
+        self.caption_bar = QFrame(objectName="captionBar")
+        self.caption_label = QLabel(wordWrap=True, objectName="captionBarText")
+        copy = QPushButton("Copy to prompt", toolTip="Use this caption as the prompt")
+        theme.set_icon(copy, "copy")
+        copy.clicked.connect(lambda: self.prompt.set_prompt(self.insight.caption_text))
+        close = QToolButton(toolTip="Hide the caption")
+        theme.set_icon(close, "discard")
+        close.clicked.connect(lambda: self.caption_bar.setVisible(False))
+        row = QHBoxLayout(self.caption_bar)
+        row.setContentsMargins(10, 6, 6, 6)
+        caption_icon = QLabel()
+        caption_icon.setPixmap(theme.icon("caption").pixmap(18, 18))
+        row.addWidget(caption_icon)
+        row.addWidget(self.caption_label, 1)
+        row.addWidget(copy)
+        row.addWidget(close)
+        self.caption_bar.setVisible(False)
+
+        central = QWidget()
+        layout = QVBoxLayout(central)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
+        layout.addWidget(self.canvas, 1)
+        layout.addWidget(self.caption_bar)
+        layout.addWidget(self.candidates)
+        self.setCentralWidget(central)
+
+    def _dock(self, title: str, widget: QWidget, area: Qt.DockWidgetArea, name: str) -> QDockWidget:
+        dock = QDockWidget(title, self, objectName=f"{name}Dock")
+        dock.setWidget(widget)
+        dock.setFeatures(QDockWidget.DockWidgetFeature.DockWidgetMovable
+                         | QDockWidget.DockWidgetFeature.DockWidgetFloatable)
+        self.addDockWidget(area, dock)
+        return dock
+
+    def _build_docks(self) -> None:
+        scroll = QScrollArea(widgetResizable=True, frameShape=QFrame.Shape.NoFrame)
+        scroll.setWidget(self.prompt)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setMinimumWidth(self.prompt.sizeHint().width() + 12)
+        left, right = Qt.DockWidgetArea.LeftDockWidgetArea, Qt.DockWidgetArea.RightDockWidgetArea
+        prompt = self._dock("Prompt", scroll, left, "prompt")
+        self.docks = {
+            "history": self._dock("History", self.history, left, "history"),
+            "layers": self._dock("Layers", self.layers, right, "layers"),
+            "describe": self._dock("Describe", self.insight, right, "describe"),
+            "retrieval": self._dock("Retrieval", self.retrieval, right, "retrieval"),
+            "queue": self._dock("Queue", self.queue_panel, right, "queue"),
+        }
+        self.splitDockWidget(prompt, self.docks["history"], Qt.Orientation.Vertical)
+        tabs = [self.docks[k] for k in ("layers", "describe", "retrieval", "queue")]
+        for a, b in zip(tabs, tabs[1:], strict=False):
+            self.tabifyDockWidget(a, b)
+        self.resizeDocks([tabs[0]], [360], Qt.Orientation.Horizontal)
+        self.resizeDocks([prompt, self.docks["history"]], [560, 300], Qt.Orientation.Vertical)
+        self.show_panel("layers")
+
+    def show_panel(self, name: str) -> None:
+        self.docks[name].show()
+        self.docks[name].raise_()
+
+    def _action(self, text: str, slot, shortcut: str | QKeySequence | None = None, icon: str | None = None,
+                tip: str | None = None, checkable: bool = False) -> QAction:
+        action = QAction(text, self, checkable=checkable)
+        if shortcut:
+            action.setShortcut(QKeySequence(shortcut))
+        if icon:
+            theme.set_icon(action, icon)
+        keys = f" ({action.shortcut().toString()})" if shortcut else ""
+        action.setToolTip((tip or text.replace("&", "").replace("…", "")) + keys)
+        action.setStatusTip(tip or "")
+        action.triggered.connect(slot)
+        self.addAction(action)
+        return action
+
+    def _build_actions(self) -> None:
+        c, doc, cv = self.controller, self.doc, self.canvas
+        A = self._action
+        self.act = {
+            "new": A("&New canvas", self.new_canvas, QKeySequence.StandardKey.New, "new"),
+            "open": A("&Open image…", self.open_dialog, QKeySequence.StandardKey.Open, "open"),
+            "model": A("Open &model…", self.open_model_dialog, None, "model", "Load another model bundle"),
+            "save": A("&Save PNG…", self.save_dialog, QKeySequence.StandardKey.Save, "save",
+                      "Save the canvas as PNG, with its generation parameters"),
+            "export_mask": A("&Export mask…", self.export_mask_dialog, "Ctrl+Shift+E", "export-mask"),
+            "quit": A("&Quit", self.close, QKeySequence.StandardKey.Quit),
+            "undo": A("&Undo", doc.undo.undo, QKeySequence.StandardKey.Undo, "undo"),
+            "redo": A("&Redo", doc.undo.redo, "Ctrl+Shift+Z", "redo"),
+            "clear_mask": A("&Clear mask", doc.clear_mask, "Ctrl+Shift+A", "clear"),
+            "invert_mask": A("&Invert mask", doc.invert_mask, "Ctrl+I", "invert"),
+            "smaller": A("Smaller brush", lambda: cv.grow_brush(-1), "["),
+            "bigger": A("Bigger brush", lambda: cv.grow_brush(1), "]"),
+            "fit": A("&Fit to window", cv.fit, "Ctrl+0", "fit"),
+            "actual": A("&Actual size (100 %)", cv.actual_size, "Ctrl+1", "zoom-actual"),
+            "zoom_in": A("Zoom &in", lambda: cv.zoom_by(1.25), QKeySequence.StandardKey.ZoomIn),
+            "zoom_out": A("Zoom &out", lambda: cv.zoom_by(0.8), QKeySequence.StandardKey.ZoomOut),
+            "toggle_seg": A("Show &segmentation", self.layers.seg_visible.toggle, "T"),
+            "run": A("&Run", c.run, "Ctrl+Return", "run", "Run the selected task"),
+            "cancel": A("&Cancel", self.cancel_active, "Esc", "stop", "Cancel the running job"),
+            "caption": A("&Caption", c.caption, "Ctrl+Shift+D", "caption", "Describe the canvas in words"),
+            "segment": A("Se&gment", c.segment, "Ctrl+Shift+G", "segment", "Label the shapes on the canvas"),
+            "ask": A("&Ask…", self.ask_dialog, "Ctrl+Shift+Q", "ask", "Ask a question about the canvas"),
+            "reference": A("Use as &reference", c.add_reference, None, "reference",
+                           "Add the canvas to your reference library"),
+            "shortcuts": A("&Keyboard shortcuts", self.show_shortcuts, "F1", "keyboard"),
+            "log": A("View &log", open_log, None, "log", "Open the log file"),
+        }
+        # Accept/discard act on the candidates strip: only while the canvas or the strip has focus,
+        # so Enter in the prompt box or the question field keeps its usual meaning.
+        strip = self.candidates
+        for key, text, slot, sc in (("accept", "Accept candidate", strip.accept_current, "Return"),
+                                    ("discard", "Discard candidate", strip.discard_current, "Delete")):
+            action = QAction(text, self, shortcut=QKeySequence(sc))
+            action.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+            action.triggered.connect(slot)
+            self.centralWidget().addAction(action)
+            self.act[key] = action
+        self.tool_group = QActionGroup(self)
+        for tool, text, key, tip in (("brush", "&Brush", "B", "Paint the mask"),
+                                     ("eraser", "&Eraser", "E", "Erase the mask"),
+                                     ("region", "&Region", "R", "Click a segmentation region to mask it"),
+                                     ("pan", "&Pan", "H", "Drag to move around (or hold Space)")):
+            action = A(text, lambda _=False, t=tool: cv.set_tool(t), key, tool, tip, checkable=True)
+            self.tool_group.addAction(action)
+            self.act[tool] = action
+        self.act["brush"].setChecked(True)
+        self.act["theme"] = A("&Light theme", self.toggle_theme, None, "theme", checkable=True)
+        self.act["theme"].setChecked(self.settings.theme == "light")
+
+        menus = {
+            "&File": ("new", "open", "model", None, "save", "export_mask", None, "quit"),
+            "&Edit": ("undo", "redo", None, "clear_mask", "invert_mask", None, "smaller", "bigger"),
+            "&View": ("fit", "actual", "zoom_in", "zoom_out", None, "toggle_seg", "theme"),
+            "&Image": ("run", "cancel", None, "caption", "segment", "ask", "reference"),
+            "&Tools": ("brush", "eraser", "region", "pan"),
+            "&Help": ("shortcuts", "log"),
+        }
+        for title, keys in menus.items():
+            menu = self.menuBar().addMenu(title)
+            for key in keys:
+                menu.addSeparator() if key is None else menu.addAction(self.act[key])
+            if title == "&View":
+                panels = menu.addMenu("Panels")
+                for dock in self.findChildren(QDockWidget):
+                    panels.addAction(dock.toggleViewAction())
+        bar = self.addToolBar("Main")
+        bar.setObjectName("mainToolbar")
+        bar.setMovable(False)
+        for key in ("new", "open", "save", None, "undo", "redo", None, "brush", "eraser", "region", "pan",
+                    None, "fit", "actual", None, "caption", "segment", None, "theme"):
+            bar.addSeparator() if key is None else bar.addAction(self.act[key])
+
+    def _build_status(self) -> None:
+        bar = self.statusBar()
+        self.progress = QProgressBar(objectName="jobProgress")
+        self.progress.setFixedWidth(280)
+        self.progress.setVisible(False)
+        self.zoom_label = QLabel(objectName="zoomLabel")
+        self.brush_label = QLabel(objectName="brushLabel")
+        self.model_label = QLabel("Loading model…", objectName="modelLabel")
+        bar.addPermanentWidget(self.progress)
+        bar.addPermanentWidget(self.brush_label)
+        bar.addPermanentWidget(self.zoom_label)
+        bar.addPermanentWidget(self.model_label)
+
+    def _connect(self) -> None:
+        c = self.controller
+        self.prompt.run_requested.connect(c.run)
+        self.prompt.cancel_requested.connect(self.cancel_active)
+        self.prompt.presets_changed.connect(self._save_presets)
+        self.candidates.accept_requested.connect(self.accept_candidate)
+        self.candidates.preview_requested.connect(self.canvas.show_preview)
+        self.insight.caption_requested.connect(c.caption)
+        self.insight.copy_to_prompt.connect(self.prompt.set_prompt)
+        self.insight.ask_requested.connect(c.ask)
+        self.retrieval.add_folder_requested.connect(c.add_library_folder)
+        self.retrieval.remove_requested.connect(c.remove_library)
+        self.history.rerun_requested.connect(c.rerun)
+        self.history.recall_requested.connect(
+            lambda e: self.prompt.recall(e.task, e.prompt, e.seed, e.settings))
+        self.layers.feather_changed.connect(self._set_feather)
+        self.layers.export_mask_requested.connect(self.export_mask_dialog)
+        self.canvas.context_requested.connect(self._context_menu)
+        self.canvas.files_dropped.connect(lambda paths: self.open_path(paths[0]))
+        self.canvas.zoom_changed.connect(lambda z: self.zoom_label.setText(f"{z * 100:.0f} %"))
+        self.canvas.brush_changed.connect(self._update_brush_label)
+        self.canvas.message.connect(lambda m: self.statusBar().showMessage(m, 6000))
+        c.message.connect(lambda m: self.statusBar().showMessage(m, 8000))
+        c.error.connect(self.show_error)
+        c.progress.connect(self._on_progress)
+        c.caption_ready.connect(self._show_caption)
+        self.queue.changed.connect(lambda _: self.prompt.set_running(self.queue.running() is not None))
+        self.queue.engine_changed.connect(self._on_engine)
+        self.queue.ended.connect(self._on_load_ended)
+        self.doc.undo.cleanChanged.connect(self._update_title)
+        self.doc.undo.indexChanged.connect(self._update_title)
+        self._update_brush_label()
+
+    # -- engine ------------------------------------------------------------------------------------
+    def load_engine(self, factory: Callable[[], object]) -> int:
+        self.model_label.setText("Loading model…")
+        return self.queue.load(factory)
+
+    def _on_engine(self, info: dict) -> None:
+        self.engine_info = info
+        self.model_label.setText(self._model_text(info))
+        self.model_label.setToolTip(f"Model {info['model_id']}, {info['provider']} execution provider")
+        known = {t for t in info["tasks"] if t in TASKS}
+        self.prompt.set_available_tasks(known or None)
+        for key, task in (("caption", "caption"), ("segment", "segment"), ("ask", "answer")):
+            self.act[key].setEnabled(not known or task in known)  # untrained tasks: greyed out
+        self.insight.describe.setEnabled(not known or "caption" in known)
+        self.insight.question.setEnabled(not known or "answer" in known)
+        self.statusBar().showMessage(f"Model ready: {info['model_id']} ({info['provider']})", 5000)
+
+    @staticmethod
+    def _model_text(info: dict) -> str:
+        return f"●  {info['model_id']}  ·  {info['provider']}"
+
+    def _on_load_ended(self, job_id: int, state: str, _result: object) -> None:
+        """A bundle that fails to load leaves the previous model (if any) in place."""
+        record = self.queue.records.get(job_id)
+        if record is not None and record.task == "load" and state != "done":
+            info = self.engine_info
+            self.model_label.setText(self._model_text(info) if info else "●  no model")
+
+    def open_model_dialog(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Open a model bundle")
+        if folder:
+            def factory(path=folder):
+                from engine.engine import Engine  # imported on the worker thread, with the model
+
+                return Engine.load(path)
+            self.load_engine(factory)
+
+    def accept_candidate(self, item) -> None:
+        """Put a candidate on the canvas as one undoable step."""
+        self.doc.accept_image(item.image, item.meta, f"Accept {item.meta.get('task', 'result')}")
+
+    def cancel_active(self) -> None:
+        record = self.queue.running()
+        if record is not None:
+            self.queue.cancel(record.id)
+            self.statusBar().showMessage(f"Cancelling: {record.label}…", 4000)
+
+    # -- files -------------------------------------------------------------------------------------
+    def new_canvas(self) -> None:
+        self.doc.reset(np.zeros((64, 64, 4), np.uint8))
+        self.file_path = None
+        self.caption_bar.setVisible(False)
+        self._update_title()
+
+    def open_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open image", "", IMAGE_FILTER)
+        if path:
+            self.open_path(path)
+
+    def open_path(self, path: str | Path) -> bool:
+        try:
+            image = load_image(path)
+        except TesseraError as exc:
+            self.show_error("Could not open the image", str(exc))
+            return False
+        meta = self._read_params(path)
+        self.doc.reset(image, meta=meta)
+        self.file_path = str(path)
+        self.canvas.fit()
+        self.caption_bar.setVisible(False)
+        self._update_title()
+        hint = f" · made with “{meta['prompt']}”, seed {meta.get('seed')}" if meta.get("prompt") else ""
+        size = f"{image.shape[1]}×{image.shape[0]}"
+        self.statusBar().showMessage(f"Opened {Path(path).name} ({size}){hint}", 8000)
+        return True
+
+    @staticmethod
+    def _read_params(path: str | Path) -> dict:
+        from engine.pngmeta import read_params
+
+        try:
+            return read_params(path) if str(path).lower().endswith(".png") else {}
+        except TesseraError:  # no parameters: an ordinary image
+            return {}
+
+    def save_dialog(self) -> None:
+        start = self.file_path or "tessera.png"
+        start = str(Path(start).with_suffix(".png"))
+        path, _ = QFileDialog.getSaveFileName(self, "Save PNG", start, "PNG (*.png)")
+        if path:
+            self.save_png(path)
+
+    def save_png(self, path: str | Path) -> bool:
+        """Save the canvas; its generation parameters go into the PNG's "tessera" text chunk."""
+        from engine.pngmeta import save_png
+
+        image = self.doc.image if self.doc.image[..., 3].min() < 255 else self.doc.image[..., :3]
+        try:
+            save_png(path, image, self.doc.meta or None)
+        except (OSError, TesseraError) as exc:
+            self.show_error("Could not save", f"{path}: {exc}")
+            return False
+        self.file_path = str(path)
+        self.doc.undo.setClean()
+        self._update_title()
+        self.statusBar().showMessage(f"Saved {path}", 6000)
+        return True
+
+    def export_mask_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export mask", "mask.png", "PNG (*.png)")
+        if path:
+            self.export_mask(path)
+
+    def export_mask(self, path: str | Path) -> bool:
+        """White = masked, at the image's resolution (what `tessera inpaint --mask` reads)."""
+        from engine.pngmeta import save_png
+
+        alpha = M.to_alpha(self.doc.mask, (self.doc.height, self.doc.width))
+        try:
+            save_png(path, np.rint(alpha * 255).astype(np.uint8))
+        except (OSError, TesseraError) as exc:
+            self.show_error("Could not export the mask", f"{path}: {exc}")
+            return False
+        self.statusBar().showMessage(f"Mask exported to {path}", 6000)
+        return True
+
+    # -- small handlers ----------------------------------------------------------------------------
+    def show_error(self, title: str, message: str) -> None:
+        log.warning("%s: %s", title, message)
+        self.last_error = error_box(self, title, message)
+
+    def ask_dialog(self) -> None:
+        self.show_panel("describe")
+        self.insight.focus_question()
+
+    def show_shortcuts(self) -> ShortcutsDialog:
+        dialog = ShortcutsDialog(list(self.act.values()), self)
+        dialog.show()
+        return dialog
+
+    def toggle_theme(self, light: bool) -> None:
+        self.settings.theme = "light" if light else "dark"
+        theme.apply(QApplication.instance(), self.settings.theme)
+        theme.refresh_icons(self)
+        self._save_settings()
+
+    def _set_feather(self, value: int) -> None:
+        self.controller.feather = self.settings.feather = value
+        self._save_settings()
+
+    def _save_presets(self) -> None:
+        self.settings.presets = dict(self.prompt.user_presets)
+        self._save_settings()
+
+    def _save_settings(self) -> None:
+        try:
+            self.settings.save()
+        except OSError as exc:
+            log.warning("could not save settings: %s", exc)
+
+    def _context_menu(self, global_pos, scene_pos) -> QMenu:
+        menu = QMenu(self)
+        for key in ("caption", "segment", "ask", "reference"):
+            menu.addAction(self.act[key])
+        menu.addSeparator()
+        for key in ("clear_mask", "invert_mask", "toggle_seg"):
+            menu.addAction(self.act[key])
+        menu.popup(global_pos)
+        return menu
+
+    def _show_caption(self, text: str) -> None:
+        self.caption_label.setText(f"“{text}”")
+        self.caption_bar.setVisible(bool(text))
+
+    def _on_progress(self, done: int, total: int, rate: float) -> None:
+        self.progress.setVisible(total > 0)
+        if total > 0:
+            self.progress.setRange(0, total)
+            self.progress.setValue(done)
+            self.progress.setFormat(f"%v/%m tokens · {rate:.0f} tok/s")
+
+    def _update_brush_label(self) -> None:
+        self.brush_label.setText(f"{self.canvas.tool.capitalize()} · {self.canvas.brush_size} px")
+
+    def _update_title(self, *_: object) -> None:
+        if not shiboken6.isValid(self.doc.undo):  # a late signal while the window is being destroyed
+            return
+        name = Path(self.file_path).name if self.file_path else "Untitled"
+        star = "" if self.doc.undo.isClean() else " •"
+        self.setWindowTitle(f"{name}{star} — Tessera Studio")
+
+    def closeEvent(self, event) -> None:  # noqa: N802
+        self.session.stop()
+        if self.autosave:
+            self.session.save_if_dirty()
+        self.queue.shutdown()
+        super().closeEvent(event)

@@ -1,0 +1,310 @@
+"""The retrieval memory bank: a FAISS index over document embeddings, the document table, and
+the selection rules of DESIGN.md §5 (RA-CM3 / CM3Leon §2.1).
+
+A bank is a folder:
+
+    index.faiss   faiss.write_index output (never pickle)
+    table.npz     texts (UTF-8 bytes + offsets), image codes (int16), has_text, has_image, ids
+    params.json   index kind and its parameters, the dimension, the count, the selection rules
+
+Scores are inner products of L2-normalised vectors, i.e. cosine similarities in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from engine.errors import BadInputError, BundleError
+from engine.io import atomic_write, atomic_write_text
+
+INDEX_FILE = "index.faiss"
+TABLE_FILE = "table.npz"
+PARAMS_FILE = "params.json"
+FORMAT_VERSION = 1
+# Above this many documents an exact scan costs more than the ~5 ms a query may take (about
+# 200k x 128 floats per query on one core), so the bank switches to HNSW.
+APPROXIMATE_THRESHOLD = 200_000
+
+
+@dataclass(frozen=True)
+class SelectionRules:
+    """Which retrieved candidates become context (DESIGN.md §5)."""
+
+    max_relevance: float = 0.9  # a candidate this close to the query is a near duplicate: skipped
+    max_similarity: float = 0.9  # ...and one this close to an already selected document is redundant
+    multimodal_bonus: float = 0.05  # added to the relevance of text+image documents when ranking
+    depth: int = 8  # candidates fetched per requested document before the rules thin them out
+
+
+@dataclass(frozen=True)
+class HNSWParams:
+    M: int = 32
+    ef_construction: int = 80
+    ef_search: int = 64
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """How the FAISS index is built; recorded in params.json."""
+
+    kind: str = "auto"  # "flat" | "hnsw" | "auto" (flat below APPROXIMATE_THRESHOLD documents)
+    hnsw: HNSWParams = field(default_factory=HNSWParams)
+    threshold: int = APPROXIMATE_THRESHOLD
+
+    def resolve(self, count: int) -> str:
+        if self.kind == "auto":
+            return "hnsw" if count >= self.threshold else "flat"
+        if self.kind not in ("flat", "hnsw"):
+            raise BadInputError(f"unknown index kind {self.kind!r} (flat, hnsw or auto)")
+        return self.kind
+
+
+@dataclass
+class DocumentTable:
+    """One row per document: its caption, its image codes in raster order, which modalities it has."""
+
+    texts: list[str]
+    codes: np.ndarray  # (N, L) int16; rows of documents without an image are -1
+    has_text: np.ndarray  # (N,) bool
+    has_image: np.ndarray  # (N,) bool
+    ids: np.ndarray | None = None  # (N,) int64 stable document ids; defaults to 0..N-1
+
+    def __post_init__(self) -> None:
+        n = len(self.texts)
+        self.codes = np.asarray(self.codes, dtype=np.int16).reshape(n, -1)
+        self.has_text = np.asarray(self.has_text, dtype=bool).reshape(n)
+        self.has_image = np.asarray(self.has_image, dtype=bool).reshape(n)
+        self.ids = np.arange(n, dtype=np.int64) if self.ids is None else np.asarray(self.ids, np.int64)
+        if self.ids.shape != (n,) or len(np.unique(self.ids)) != n:
+            raise BadInputError("document ids must be unique, one per document")
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @property
+    def multimodal(self) -> np.ndarray:
+        return self.has_text & self.has_image
+
+    def save(self, path: str | Path) -> None:
+        encoded = [t.encode("utf-8") for t in self.texts]
+        offsets = np.cumsum([0, *(len(b) for b in encoded)], dtype=np.int64)
+        blob = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
+                np.savez(f, text_bytes=blob, text_offsets=offsets, codes=self.codes,
+                         has_text=self.has_text, has_image=self.has_image, ids=self.ids)
+
+        atomic_write(path, write)
+
+    @classmethod
+    def load(cls, path: str | Path) -> DocumentTable:
+        with np.load(path, allow_pickle=False) as z:
+            blob, offsets = z["text_bytes"].tobytes(), z["text_offsets"]
+            texts = [blob[a:b].decode("utf-8") for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+            return cls(texts, z["codes"], z["has_text"], z["has_image"], z["ids"])
+
+
+def select(scores: np.ndarray, vectors: np.ndarray, multimodal: np.ndarray, k: int,
+           rules: SelectionRules) -> list[int]:
+    """Positions (into the candidate arrays) of up to k candidates chosen by the rules, best first.
+
+    Near duplicates of the query (relevance > max_relevance) are skipped; the rest are ranked by
+    relevance plus a bonus for text+image documents (a stable sort, so ties keep FAISS order); a
+    candidate whose cosine to an already selected one exceeds max_similarity is skipped (diversity).
+    """
+    rank = scores + rules.multimodal_bonus * multimodal.astype(np.float32)
+    chosen: list[int] = []
+    for i in np.argsort(-rank, kind="stable"):
+        if scores[i] > rules.max_relevance:
+            continue
+        if chosen and float(np.max(vectors[chosen] @ vectors[i])) > rules.max_similarity:
+            continue
+        chosen.append(int(i))
+        if len(chosen) == k:
+            break
+    return chosen
+
+
+class MemoryBank:
+    def __init__(self, index: faiss.Index, table: DocumentTable, params: dict,
+                 rules: SelectionRules | None = None) -> None:
+        if index.ntotal != len(table):
+            raise BundleError(f"memory index holds {index.ntotal} vectors, the table {len(table)} documents")
+        self.index, self.table, self.params = index, table, params
+        self.rules = rules or SelectionRules(**params.get("rules", {}))
+        self._position = {int(d): i for i, d in enumerate(table.ids)}
+
+    # -- construction and persistence ------------------------------------------------------
+    @classmethod
+    def build(cls, doc_embeddings: np.ndarray, table: DocumentTable, *, spec: IndexSpec | None = None,
+              rules: SelectionRules | None = None) -> MemoryBank:
+        vecs = _as_vectors(doc_embeddings)
+        if len(vecs) != len(table):
+            raise BadInputError(f"{len(vecs)} embeddings for {len(table)} documents")
+        spec, rules = spec or IndexSpec(), rules or SelectionRules()
+        kind, dim = spec.resolve(len(vecs)), vecs.shape[1]
+        params = {"format": FORMAT_VERSION, "kind": kind, "dim": dim, "count": len(vecs),
+                  "metric": "inner_product", "rules": asdict(rules)}
+        if kind == "flat":
+            index = faiss.IndexFlatIP(dim)
+        else:
+            h = spec.hnsw
+            index = faiss.IndexHNSWFlat(dim, h.M, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = h.ef_construction
+            index.hnsw.efSearch = h.ef_search
+            params["hnsw"] = asdict(h)
+            params["description"] = f"HNSW{h.M},Flat efC={h.ef_construction} efSearch={h.ef_search}"
+        index.add(vecs)
+        return cls(index, table, params, rules)
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(folder / INDEX_FILE, lambda tmp: faiss.write_index(self.index, tmp))
+        self.table.save(folder / TABLE_FILE)
+        # params.json last: a folder whose params disagree with its index is refused on load.
+        params = {**self.params, "rules": asdict(self.rules)}
+        atomic_write_text(folder / PARAMS_FILE, json.dumps(params, indent=2))
+
+    @classmethod
+    def load(cls, folder: str | Path) -> MemoryBank:
+        folder = Path(folder)
+        missing = [n for n in (INDEX_FILE, TABLE_FILE, PARAMS_FILE) if not (folder / n).is_file()]
+        if missing:
+            raise BundleError(f"memory bank {folder} is incomplete: missing {', '.join(missing)}")
+        params = json.loads((folder / PARAMS_FILE).read_text())
+        if params.get("format") != FORMAT_VERSION:
+            raise BundleError(f"memory bank {folder}: unknown format {params.get('format')}")
+        index = faiss.read_index(str(folder / INDEX_FILE))
+        if index.ntotal != params["count"] or index.d != params["dim"]:
+            raise BundleError(f"memory bank {folder}: index does not match params.json (interrupted write?)")
+        if params["kind"] == "hnsw":
+            index.hnsw.efSearch = params["hnsw"]["ef_search"]
+        return cls(index, DocumentTable.load(folder / TABLE_FILE), params)
+
+    # -- queries ----------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.index.ntotal
+
+    @property
+    def dim(self) -> int:
+        return self.index.d
+
+    def document(self, doc_id: int) -> tuple[str | None, np.ndarray | None]:
+        """(text, image codes) of a document; None for a missing modality."""
+        i = self._position[int(doc_id)]
+        t = self.table
+        text = t.texts[i] if t.has_text[i] else None
+        return text, (t.codes[i].astype(np.int64) if t.has_image[i] else None)
+
+    def vectors(self, doc_ids: Sequence[int]) -> np.ndarray:
+        pos = np.array([self._position[int(d)] for d in doc_ids], dtype=np.int64)
+        return self.index.reconstruct_batch(pos) if len(pos) else np.zeros((0, self.dim), np.float32)
+
+    def nearest(self, query_vecs: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
+        """Raw FAISS search, no rules: (scores (Q, depth), doc ids (Q, depth), -1 where fewer)."""
+        q = _as_vectors(query_vecs, self.dim)
+        scores, pos = self.index.search(q, min(depth, len(self)))
+        ids = np.where(pos >= 0, self.table.ids[np.maximum(pos, 0)], -1)
+        return scores, ids
+
+    def candidates(self, query_vecs: np.ndarray, depth: int) -> list[Candidates]:
+        scores, ids = self.nearest(query_vecs, depth)
+        out = []
+        for s, d in zip(scores, ids, strict=True):
+            keep = d >= 0
+            d = d[keep]
+            pos = np.array([self._position[int(x)] for x in d], dtype=np.int64)
+            out.append(Candidates(d, s[keep], self.index.reconstruct_batch(pos) if len(pos) else
+                                  np.zeros((0, self.dim), np.float32), self.table.multimodal[pos]))
+        return out
+
+    def search(self, query_vecs: np.ndarray, k: int = 2, *,
+               exclude_ids: Sequence[Collection[int]] | None = None) -> list[list[tuple[int, float]]]:
+        """Up to k (doc_id, relevance) per query, chosen by the selection rules.
+
+        exclude_ids: one collection of document ids per query (e.g. the query document itself).
+        """
+        exclude = None if exclude_ids is None else [{("bank", int(d)) for d in e} for e in exclude_ids]
+        hits = retrieve([("bank", self)], query_vecs, k, rules=self.rules, exclude=exclude)
+        return [[(doc_id, score) for _, doc_id, score in row] for row in hits]
+
+
+@dataclass
+class Candidates:
+    """Raw nearest neighbours of one query from one source."""
+
+    ids: np.ndarray  # (n,) int64
+    scores: np.ndarray  # (n,) float32
+    vectors: np.ndarray  # (n, dim) float32 document embeddings (for the diversity rule)
+    multimodal: np.ndarray  # (n,) bool
+
+
+Hit = tuple[str, int, float]  # (source name, doc_id, relevance)
+
+
+def retrieve(sources: Sequence[tuple[str, MemoryBank]], query_vecs: np.ndarray, k: int = 2, *,
+             rules: SelectionRules | None = None,
+             exclude: Sequence[Collection[tuple[str, int]]] | None = None) -> list[list[Hit]]:
+    """Search several sources (the bundle's bank, the user library...) and apply the selection
+    rules to their merged candidates: up to k (source name, doc_id, relevance) per query.
+
+    A source is anything with `__len__` and `candidates(query_vecs, depth) -> list[Candidates]`.
+    exclude: per query, (source name, doc_id) pairs never to return. If the rules leave fewer
+    than k documents, the search is repeated 4x deeper (up to 64x) before giving up.
+    """
+    rules = rules or SelectionRules()
+    q = _as_vectors(query_vecs)
+    if exclude is not None and len(exclude) != len(q):
+        raise BadInputError(f"exclude has {len(exclude)} entries for {len(q)} queries")
+    exclude = exclude if exclude is not None else [()] * len(q)
+    results: list[list[Hit]] = [[] for _ in range(len(q))]
+    total = sum(len(src) for _, src in sources)
+    todo = np.arange(len(q)) if k > 0 and total > 0 else np.zeros(0, np.int64)
+    depth = k * rules.depth + max((len(e) for e in exclude), default=0)
+    while len(todo):
+        per_source = [(name, src.candidates(q[todo], depth)) for name, src in sources if len(src)]
+        short = []
+        for row, qi in enumerate(todo):
+            names, cand = _merge([(name, cands[row]) for name, cands in per_source], exclude[qi])
+            chosen = select(cand.scores, cand.vectors, cand.multimodal, k, rules)
+            results[qi] = [(names[i], int(cand.ids[i]), float(cand.scores[i])) for i in chosen]
+            if len(chosen) < k and depth < min(total, 64 * k * rules.depth):
+                short.append(qi)
+        todo, depth = np.array(short, dtype=np.int64), depth * 4
+    return results
+
+
+def _merge(parts: list[tuple[str, Candidates]], exclude: Collection[tuple[str, int]]
+           ) -> tuple[list[str], Candidates]:
+    names: list[str] = []
+    keep = []
+    for name, c in parts:
+        k = np.array([(name, int(d)) not in exclude for d in c.ids], dtype=bool) if exclude \
+            else np.ones(len(c.ids), bool)
+        names += [name] * int(k.sum())
+        keep.append(k)
+
+    def cat(f: str) -> np.ndarray:
+        return np.concatenate([getattr(c, f)[k] for (_, c), k in zip(parts, keep, strict=True)])
+
+    return names, Candidates(cat("ids"), cat("scores").astype(np.float32), cat("vectors").astype(np.float32),
+                             cat("multimodal"))
+
+
+def _as_vectors(x: np.ndarray, dim: int | None = None) -> np.ndarray:
+    arr = np.asarray(x, dtype=np.float32)
+    if arr.ndim == 1:
+        arr = arr[None]
+    if arr.ndim != 2 or (dim is not None and arr.shape[1] != dim):
+        raise BadInputError(f"expected vectors of shape (N, {dim or 'dim'}), got {tuple(np.shape(x))}")
+    if not np.isfinite(arr).all():
+        raise BadInputError("embedding vectors contain NaN or infinity")
+    return np.ascontiguousarray(arr)

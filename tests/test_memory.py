@@ -1,0 +1,254 @@
+"""Memory bank (exact and HNSW), selection rules, persistence, and the user library."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.errors import BadInputError, BundleError
+from engine.library import UserLibrary
+from engine.memory import (
+    DocumentTable,
+    HNSWParams,
+    IndexSpec,
+    MemoryBank,
+    SelectionRules,
+    retrieve,
+)
+
+NO_RULES = SelectionRules(max_relevance=2.0, max_similarity=2.0, multimodal_bonus=0.0)
+
+
+def unit(x):
+    x = np.asarray(x, np.float32)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def table(n, multimodal=None, texts=None):
+    multimodal = np.ones(n, bool) if multimodal is None else np.asarray(multimodal)
+    return DocumentTable(texts or [f"doc {i}" for i in range(n)], np.arange(n * 4).reshape(n, 4) % 100,
+                         has_text=np.ones(n, bool), has_image=multimodal)
+
+
+def random_bank(n=500, dim=16, seed=0, rules=NO_RULES, spec=None):
+    vecs = unit(np.random.default_rng(seed).standard_normal((n, dim)))
+    return vecs, MemoryBank.build(vecs, table(n), spec=spec, rules=rules)
+
+
+def near(base, cos, seed):
+    """A unit vector with the given cosine to `base`."""
+    other = np.random.default_rng(seed).standard_normal(base.shape).astype(np.float32)
+    other = unit(other - (other @ base) * base)
+    return unit(cos * base + np.sqrt(1 - cos**2) * other)
+
+
+def test_flat_search_equals_brute_force():
+    vecs, bank = random_bank()
+    queries = unit(np.random.default_rng(1).standard_normal((20, 16)))
+    hits = bank.search(queries, k=5)
+    brute = np.argsort(-(queries @ vecs.T), axis=1)[:, :5]
+    assert bank.params["kind"] == "flat"
+    for row, expected in zip(hits, brute, strict=True):
+        assert [d for d, _ in row] == expected.tolist()
+    scores = np.array([[s for _, s in row] for row in hits])
+    assert np.allclose(scores, np.take_along_axis(queries @ vecs.T, brute, 1), atol=1e-5)
+
+
+def test_exclude_ids():
+    vecs, bank = random_bank()
+    hits = bank.search(vecs[:3], k=2, exclude_ids=[[0], [1], [2]])
+    for i, row in enumerate(hits):
+        assert i not in [d for d, _ in row] and len(row) == 2
+    with pytest.raises(BadInputError):
+        bank.search(vecs[:3], k=2, exclude_ids=[[0]])
+
+
+def rule_bank(multimodal=None):
+    """Query q; docs: 0 = q (duplicate), 1 at 0.95 (near duplicate), 2 at 0.85, 3 = almost 2,
+    4 at 0.82, 5 at 0.70."""
+    q = unit(np.eye(8)[0])
+    docs = [q, near(q, 0.95, 1), near(q, 0.85, 2), None, near(q, 0.82, 4), near(q, 0.70, 5)]
+    docs[3] = unit(docs[2] + 0.02 * near(q, 0.0, 3))  # cos(2, 3) > 0.99
+    vecs = np.stack(docs)
+    return q, vecs, MemoryBank.build(vecs, table(6, multimodal))
+
+
+def test_near_duplicates_skipped_and_diversity():
+    q, vecs, bank = rule_bank()
+    (row,) = bank.search(q, k=2)
+    ids = [d for d, _ in row]
+    assert 0 not in ids and 1 not in ids  # relevance > 0.9
+    assert ids == [2, 4]  # 3 is a duplicate of 2: skipped for diversity
+    assert row[0][1] == pytest.approx(0.85, abs=1e-4)
+
+
+def test_multimodal_preferred():
+    # doc 2 (0.85) has no image; doc 4 (0.82) and 5 (0.70) have both: the bonus of 0.05 closes
+    # the small gap (4 before 2), not the large one (5 stays behind 2).
+    q, vecs, bank = rule_bank(multimodal=[True, True, False, False, True, True])
+    (row,) = bank.search(q, k=3)
+    assert [d for d, _ in row] == [4, 2, 5]
+    rules = SelectionRules(multimodal_bonus=0.0)
+    (row,) = retrieve([("bank", bank)], q, 2, rules=rules)
+    assert [d for _, d, _ in row] == [2, 4]
+
+
+def test_rules_search_deeper_when_short():
+    # 40 near duplicates of the query, then ordinary documents: k must still be met
+    q = unit(np.eye(8)[0])
+    dups = [near(q, 0.99, s) for s in range(40)]
+    others = [near(q, 0.5 - 0.01 * i, 100 + i) for i in range(10)]
+    bank = MemoryBank.build(np.stack(dups + others), table(50), rules=SelectionRules(depth=2))
+    (row,) = bank.search(q, k=2)
+    assert len(row) == 2 and all(d >= 40 for d, _ in row)
+
+
+def test_save_load_round_trip(tmp_path):
+    texts = [f"dóc {i} ★" for i in range(30)]
+    vecs = unit(np.random.default_rng(0).standard_normal((30, 8)))
+    t = DocumentTable(texts, np.random.default_rng(1).integers(0, 1000, (30, 16)),
+                      np.r_[np.ones(29, bool), False], np.r_[False, np.ones(29, bool)],
+                      ids=np.arange(30) + 100)
+    bank = MemoryBank.build(vecs, t)
+    bank.save(tmp_path / "mem")
+    assert sorted(p.name for p in (tmp_path / "mem").iterdir()) == ["index.faiss", "params.json", "table.npz"]
+    params = json.loads((tmp_path / "mem" / "params.json").read_text())
+    assert params["kind"] == "flat" and params["count"] == 30 and params["rules"]["max_relevance"] == 0.9
+    loaded = MemoryBank.load(tmp_path / "mem")
+    assert loaded.table.texts == texts
+    assert np.array_equal(loaded.table.codes, t.codes) and loaded.table.codes.dtype == np.int16
+    assert np.array_equal(loaded.table.ids, t.ids)
+    assert loaded.document(100) == (texts[0], None)
+    text, codes = loaded.document(129)
+    assert text is None and np.array_equal(codes, t.codes[29])
+    assert loaded.search(vecs[:5], k=2) == bank.search(vecs[:5], k=2)
+    # an interrupted write (index and params disagree) or a missing file is refused
+    params["count"] = 31
+    (tmp_path / "mem" / "params.json").write_text(json.dumps(params))
+    with pytest.raises(BundleError):
+        MemoryBank.load(tmp_path / "mem")
+    (tmp_path / "mem" / "index.faiss").unlink()
+    with pytest.raises(BundleError, match="missing index.faiss"):
+        MemoryBank.load(tmp_path / "mem")
+
+
+def test_hnsw_above_threshold(tmp_path):
+    spec = IndexSpec(threshold=1000, hnsw=HNSWParams(M=16, ef_construction=40, ef_search=48))
+    vecs, bank = random_bank(n=3000, dim=16, spec=spec)
+    assert bank.params["kind"] == "hnsw" and bank.params["hnsw"] == {"M": 16, "ef_construction": 40,
+                                                                     "ef_search": 48}
+    _, exact = random_bank(n=3000, dim=16)
+    queries = unit(np.random.default_rng(5).standard_normal((50, 16)))
+    approx_ids = [{d for d, _ in r} for r in bank.search(queries, k=4)]
+    exact_ids = [{d for d, _ in r} for r in exact.search(queries, k=4)]
+    recall = np.mean([len(a & e) / 4 for a, e in zip(approx_ids, exact_ids, strict=True)])
+    assert recall >= 0.9
+    bank.save(tmp_path / "h")
+    loaded = MemoryBank.load(tmp_path / "h")
+    assert loaded.index.hnsw.efSearch == 48
+    assert loaded.search(queries, k=4) == bank.search(queries, k=4)
+
+
+def test_bad_input():
+    with pytest.raises(BadInputError):
+        MemoryBank.build(np.zeros((3, 4), np.float32), table(2))
+    _, bank = random_bank(n=10, dim=4)
+    with pytest.raises(BadInputError):
+        bank.search(np.ones((1, 5)), k=2)
+    with pytest.raises(BadInputError):
+        bank.search(np.full((1, 4), np.nan), k=2)
+    with pytest.raises(BadInputError):
+        DocumentTable(["a", "b"], np.zeros((2, 4)), [1, 1], [1, 1], ids=[3, 3])
+
+
+# ---- user library --------------------------------------------------------------------------------
+class ColourEmbedder:
+    """Deterministic stand-in for the retriever: an image is its mean colour, a text names one."""
+
+    dim = 4
+    name = "colour"
+    NAMES = {"red": (1, 0, 0), "green": (0, 1, 0), "blue": (0, 0, 1)}
+
+    def embed_images(self, images):
+        m = np.asarray(images, np.float32).reshape(len(images), -1, 3).mean(1) / 255.0
+        return unit(np.concatenate([m, np.full((len(m), 1), 0.05, np.float32)], 1))
+
+    def embed_texts(self, texts):
+        return unit([[*self.NAMES.get(t.split()[0], (1, 1, 1)), 0.05] for t in texts])
+
+
+def png(path, colour, size=(40, 30), mode="RGB"):
+    Image.new(mode, size, colour).save(path)
+    return path
+
+
+def test_library_add_search_remove_persist(tmp_path, tessera_home):
+    src = tmp_path / "refs"
+    (src / "sub").mkdir(parents=True)
+    png(src / "red.png", (250, 10, 10))
+    png(src / "sub" / "green.png", (10, 240, 10))
+    png(src / "blue.png", (10, 10, 250, 255), mode="RGBA")
+    (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    (src / "empty.jpg").write_bytes(b"")
+    (src / "notes.txt").write_text("not an image, and not an image extension")
+    lib = UserLibrary(ColourEmbedder())
+    assert lib.folder == tessera_home / "library"
+    report = lib.add([src, tmp_path / "missing.png"])
+    assert sorted(e.path.split("/")[-1] for e in report.added) == ["blue.png", "green.png", "red.png"]
+    reasons = dict(report.skipped)
+    assert set(reasons) == {str(src / "broken.png"), str(src / "empty.jpg"), str(tmp_path / "missing.png")}
+    assert "empty" in reasons[str(src / "empty.jpg")]
+    # the same file again is a duplicate
+    assert lib.add([src / "red.png"]).skipped == [(str(src / "red.png"), "already in the library")]
+    red_id = next(e.id for e in lib.list() if e.path.endswith("red.png"))
+    (hit, *_), = lib.search(ColourEmbedder().embed_texts(["red"]), k=3)
+    assert hit[0] == red_id and lib.image(red_id).shape == (128, 128, 3)
+
+    reopened = UserLibrary(ColourEmbedder())
+    assert [e.id for e in reopened.list()] == [e.id for e in lib.list()]
+    assert reopened.search(ColourEmbedder().embed_texts(["green"]), k=1) == \
+        lib.search(ColourEmbedder().embed_texts(["green"]), k=1)
+    assert reopened.remove([red_id, 999]) == 1
+    again = UserLibrary(ColourEmbedder())
+    assert len(again) == 2 and red_id not in {e.id for e in again.list()}
+    assert not (again.folder / "thumbs" / f"{red_id}.png").exists()
+    ids = {d for d, _ in again.search(ColourEmbedder().embed_texts(["red"]), k=5)[0]}
+    assert red_id not in ids and len(ids) == 2
+
+
+def test_library_reembeds_for_another_retriever(tmp_path, tessera_home):
+    png(tmp_path / "a.png", (200, 30, 30))
+    UserLibrary(ColourEmbedder()).add([tmp_path / "a.png"], captions={str(tmp_path / "a.png"): "red box"})
+
+    class Wider(ColourEmbedder):
+        dim, name = 5, "wider"
+
+        def embed_images(self, images):
+            v = super().embed_images(images)
+            return unit(np.concatenate([v, np.ones((len(v), 1), np.float32)], 1))
+
+        def embed_texts(self, texts):
+            v = super().embed_texts(texts)
+            return unit(np.concatenate([v, np.ones((len(v), 1), np.float32)], 1))
+
+    lib = UserLibrary(Wider())
+    assert lib.index.d == 5 and len(lib) == 1 and lib.list()[0].caption == "red box"
+    (row,) = lib.search(Wider().embed_texts(["red"]), k=1)
+    assert row[0][1] > 0.9
+
+
+def test_library_merged_with_bank(tmp_path, tessera_home):
+    lib = UserLibrary(ColourEmbedder())
+    lib.add([png(tmp_path / "r.png", (255, 0, 0)), png(tmp_path / "b.png", (0, 0, 255))])
+    emb = ColourEmbedder()
+    bank_vecs = emb.embed_texts(["green", "blue", "red"])
+    bank = MemoryBank.build(bank_vecs, table(3))
+    query = unit(emb.embed_texts(["red"]) + 0.6 * emb.embed_texts(["blue"]))
+    rules = SelectionRules(max_relevance=2.0, max_similarity=2.0, multimodal_bonus=0.0)
+    (row,) = retrieve([("bundle", bank), ("library", lib)], query, k=4, rules=rules)
+    scores = [s for _, _, s in row]
+    assert scores == sorted(scores, reverse=True)
+    assert {src for src, _, _ in row} == {"bundle", "library"}

@@ -1,0 +1,1 @@
+"""Evaluation: the judge, FID, the metric suite and the decoding ablation."""

@@ -1,0 +1,196 @@
+"""Retrieval commands of `tessera`:
+
+    tessera train retriever --data shapes|DIR --out DIR      bi-encoder + ONNX export
+    tessera index build --data shapes|DIR --out DIR [--docs N]   a memory bank folder
+    tessera index bench --docs 1000000 --json                  ANN recall and latency at scale
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+from engine.errors import BadInputError
+
+
+def register(groups: dict[str, argparse._SubParsersAction]) -> None:
+    p = groups["train"].add_parser("retriever", help="train the text-image retriever (bi-encoder)")
+    p.add_argument("--data", required=True, help="'shapes' or a folder of captioned images")
+    p.add_argument("--out", required=True, help="run folder; receives the exported retriever")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--scenes", type=int, default=None, help="Shapes World scenes rendered for training")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default 2)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--json", action="store_true", help="print one JSON report on stdout")
+    p.set_defaults(func=_train_retriever)
+
+    p = groups["index"].add_parser("build", help="embed documents and write a memory bank folder")
+    p.add_argument("--data", required=True, help="'shapes' (train split) or a folder dataset")
+    p.add_argument("--out", required=True, help="memory bank folder (index.faiss, table.npz, params.json)")
+    p.add_argument("--docs", type=int, default=20000, help="number of documents (default 20000)")
+    p.add_argument("--retriever", default=None, help="retriever folder (default: the shipped one)")
+    p.add_argument("--image-tokenizer", default=None, help="image tokenizer folder (default: shipped)")
+    p.add_argument("--index", choices=("auto", "flat", "hnsw"), default="auto",
+                   help="auto: exact below 200k documents, HNSW above")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_index_build)
+
+    p = groups["index"].add_parser("bench", help="recall@4 and latency of the ANN index on a synthetic bank")
+    p.add_argument("--docs", type=int, default=1_000_000)
+    p.add_argument("--dim", type=int, default=None, help="vector size (default: the retriever's)")
+    p.add_argument("--queries", type=int, default=1000)
+    p.add_argument("--index", choices=("hnsw", "ivf", "flat"), default="hnsw")
+    p.add_argument("--M", type=int, default=None, help="HNSW links per node")
+    p.add_argument("--ef-construction", type=int, default=None)
+    p.add_argument("--ef-search", type=int, default=None)
+    p.add_argument("--nlist", type=int, default=None, help="IVF lists (default 4 sqrt(docs))")
+    p.add_argument("--nprobe", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_index_bench)
+
+
+def _emit(report: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report))
+    else:
+        for key, value in report.items():
+            print(f"{key}: {value}")
+
+
+# ---- train retriever -------------------------------------------------------------------------------
+def _train_retriever(args: argparse.Namespace) -> int:
+    from training.retriever_train import RetrieverTrainConfig, run
+
+    cfg = RetrieverTrainConfig(data=args.data, out=args.out)
+    for name in ("steps", "batch_size", "lr", "scenes", "threads", "seed"):
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
+    if cfg.steps < 1 or cfg.batch_size < 2:
+        raise BadInputError("--steps must be >= 1 and --batch-size >= 2")
+    t0 = time.time()
+    report = run(cfg, resume=args.resume)
+    report["wall_s"] = round(time.time() - t0, 1)
+    _emit(report, args.json)
+    return 0
+
+
+# ---- index build -------------------------------------------------------------------------------------
+def _index_build(args: argparse.Namespace) -> int:
+    from engine.image_tokenizer import ImageTokenizer
+    from engine.memory import IndexSpec, MemoryBank
+    from engine.retriever import OnnxRetriever, default_retriever_dir
+    from training.data.corpus import build_corpus
+
+    if args.docs < 1:
+        raise BadInputError("--docs must be positive")
+    t0 = time.time()
+    embedder = OnnxRetriever.load(args.retriever or default_retriever_dir())
+    corpus = build_corpus(args.data, "train", args.docs, embedder=embedder,
+                          image_tokenizer=ImageTokenizer.load(args.image_tokenizer), seed=args.seed)
+    t1 = time.time()
+    bank = MemoryBank.build(corpus.embeddings, corpus.table(), spec=IndexSpec(kind=args.index))
+    bank.save(args.out)
+    _emit({"docs": len(bank), "dim": bank.dim, "index": bank.params.get("description", bank.params["kind"]),
+           "multimodal": int(corpus.table().multimodal.sum()), "embed_s": round(t1 - t0, 1),
+           "index_s": round(time.time() - t1, 1), "out": str(args.out)}, args.json)
+    return 0
+
+
+# ---- index bench -------------------------------------------------------------------------------------
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def synthetic_vectors(n: int, dim: int, seed: int, queries: int, chunk: int = 100_000):
+    """Unit vectors with structure at two scales, like real embeddings: 100 topics, n/100
+    sub-clusters around them, points around the sub-clusters. Two points of one sub-cluster have
+    cosine ~0.55, of one topic ~0.4, unrelated ~0; a query's nearest neighbour ~0.66. Returns
+    (bank, queries), the queries drawn from the same distribution (not members of the bank)."""
+    rng = np.random.default_rng(seed)
+    topics = _unit(rng.standard_normal((100, dim), dtype=np.float32))
+    n_sub = max(1, n // 100)
+    spread = _unit(rng.standard_normal((n_sub, dim), dtype=np.float32))
+    subs = _unit(topics[rng.integers(100, size=n_sub)] + 0.6 * spread)
+
+    def points(m: int) -> np.ndarray:
+        noise = _unit(rng.standard_normal((m, dim), dtype=np.float32))
+        return _unit(subs[rng.integers(n_sub, size=m)] + 0.9 * noise).astype(np.float32)
+
+    bank = np.concatenate([points(min(chunk, n - i)) for i in range(0, n, chunk)])
+    return bank, points(queries)
+
+
+def _make_index(args: argparse.Namespace, dim: int, n: int):
+    import faiss
+
+    from engine.memory import HNSWParams
+
+    if args.index == "flat":
+        return faiss.IndexFlatIP(dim), "Flat (exact)"
+    if args.index == "hnsw":
+        d = HNSWParams()
+        m, efc = args.M or d.M, args.ef_construction or d.ef_construction
+        index = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = efc
+        index.hnsw.efSearch = args.ef_search or d.ef_search
+        return index, f"HNSW{m},Flat efConstruction={efc} efSearch={index.hnsw.efSearch}"
+    nlist = args.nlist or int(4 * np.sqrt(n))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.nprobe = args.nprobe
+    return index, f"IVF{nlist},Flat nprobe={args.nprobe}"
+
+
+def _index_bench(args: argparse.Namespace) -> int:
+    import faiss
+
+    from engine.nn.retriever import RetrieverConfig
+
+    if args.docs < 10 or args.queries < 1:
+        raise BadInputError("--docs must be >= 10 and --queries >= 1")
+    dim = args.dim or RetrieverConfig().dim
+    k = 4
+    t0 = time.time()
+    bank, queries = synthetic_vectors(args.docs, dim, args.seed, args.queries)
+    print(f"bench: {args.docs} x {dim} synthetic vectors in {time.time() - t0:.0f}s", file=sys.stderr)
+    exact = faiss.IndexFlatIP(dim)
+    exact.add(bank)
+    t0 = time.time()
+    _, truth = exact.search(queries, k)
+    exact_ms = (time.time() - t0) * 1000 / len(queries)
+    del exact
+    index, name = _make_index(args, dim, args.docs)
+    t0, c0 = time.time(), time.process_time()
+    if not index.is_trained:
+        sample = np.random.default_rng(args.seed).choice(len(bank), min(len(bank), 64 * index.nlist), False)
+        index.train(bank[sample])
+    index.add(bank)
+    build_s, build_cpu_s = time.time() - t0, time.process_time() - c0
+    print(f"bench: built {name} in {build_s:.0f}s", file=sys.stderr)
+    t0 = time.time()
+    _, found = index.search(queries, k)
+    batched_ms = (time.time() - t0) * 1000 / len(queries)
+    single = queries[: min(len(queries), 300)]
+    t0, c0 = time.time(), time.thread_time()
+    for q in single:
+        index.search(q[None], k)
+    single_ms = (time.time() - t0) * 1000 / len(single)
+    # CPU time of those searches: what a query costs when the machine is not shared (one
+    # query runs on the calling thread), as opposed to the wall time above
+    single_cpu_ms = (time.thread_time() - c0) * 1000 / len(single)
+    recall = float(np.mean([len(set(f) & set(t)) / k for f, t in zip(found, truth, strict=True)]))
+    _emit({"recall_at_4": round(recall, 4), "ms_per_query": round(single_ms, 3),
+           "cpu_ms_per_query": round(single_cpu_ms, 3),
+           "ms_per_query_batched": round(batched_ms, 4), "index": name, "docs": args.docs, "dim": dim,
+           "queries": len(queries), "build_s": round(build_s, 1), "build_cpu_s": round(build_cpu_s, 1),
+           "exact_ms_per_query_batched": round(exact_ms, 3),
+           "threads": faiss.omp_get_max_threads()}, args.json)
+    return 0
