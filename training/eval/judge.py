@@ -270,14 +270,34 @@ def train(
 # ---- measuring -------------------------------------------------------------------------------------
 @torch.no_grad()
 def _run(net: JudgeNet, images: np.ndarray, batch_size: int = 250) -> dict[str, np.ndarray]:
-    parts: dict[str, list[np.ndarray]] = {"kind": [], "color": [], "size": [], "classes": [], "features": []}
+    keys = ("kind", "color", "size", "classes", "palette", "features")
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     for i in range(0, len(images), batch_size):
-        out = net(to_input(images[i : i + batch_size]))
+        x = to_input(images[i : i + batch_size])
+        out = net(x)
         for key in ("kind", "color", "size"):
             parts[key].append(out[key].argmax(-1).numpy())
         parts["classes"].append(out["seg"].argmax(1).numpy().astype(np.uint8))
+        parts["palette"].append(_palette_index(x))
         parts["features"].append(out["features"].numpy().astype(np.float64))
     return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+# The 8 object colours, then every background colour: a pixel's nearest entry says whose it can be.
+PALETTE = (
+    torch.tensor(
+        [COLORS[c] for c in COLOR_NAMES] + [rgb for spec, _ in BACKGROUNDS.values() for rgb in spec[1:]],
+        dtype=torch.float32,
+    )
+    .div(127.5)
+    .sub(1.0)
+)
+
+
+def _palette_index(x: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) in [-1, 1] -> (B, H, W) uint8 index of the nearest PALETTE colour."""
+    d = ((x.permute(0, 2, 3, 1)[..., None, :] - PALETTE) ** 2).sum(-1)
+    return d.argmin(-1).numpy().astype(np.uint8)
 
 
 def evaluate(
@@ -334,6 +354,7 @@ class Predictions:
     color: np.ndarray  # (N, 9) COLORS index (meaningless where empty)
     size: np.ndarray  # (N, 9) SIZES index
     classes: np.ndarray  # (N, 64, 64) uint8 per-pixel SEG_CLASSES ids
+    palette: np.ndarray  # (N, 64, 64) uint8 index of each pixel's nearest PALETTE colour
     features: np.ndarray  # (N, D) float64, for FID
 
     def __len__(self) -> int:
@@ -348,20 +369,22 @@ class Predictions:
         )
 
     def box(self, i: int, row: int, col: int, size: int = 256) -> tuple[int, int, int, int] | None:
-        """Box (0..size-1 grid, like shapes.boxes) of the object the judge sees in a cell, from the
-        per-pixel classes: pixels of its kind, each given to the nearest cell holding that kind."""
+        """Box (0..size-1 grid, like shapes.boxes) of the object the judge sees in a cell: the pixels
+        classed as its kind whose nearest palette colour is its colour (the colour test keeps a
+        neighbour's edge, misclassed by the pixel head, out of the box), each given to the nearest
+        cell holding an object of that kind and colour."""
         c = row * 3 + col
-        k = int(self.kind[i, c])
+        k, color = int(self.kind[i, c]), int(self.color[i, c])
         if k == 0:
             return None
-        same = np.flatnonzero(self.kind[i] == k)
-        centres = np.asarray([[CELL_CENTERS[j // 3], CELL_CENTERS[j % 3]] for j in same]) * SIZE
-        ys, xs = np.nonzero(self.classes[i] == k)
-        if len(same) > 1 and len(ys):
+        twins = np.flatnonzero((self.kind[i] == k) & (self.color[i] == color))
+        ys, xs = np.nonzero((self.classes[i] == k) & (self.palette[i] == color))
+        if len(twins) > 1 and len(ys):
+            centres = np.asarray([[CELL_CENTERS[j // 3], CELL_CENTERS[j % 3]] for j in twins]) * SIZE
             d = (ys[:, None] + 0.5 - centres[None, :, 0]) ** 2 + (
                 xs[:, None] + 0.5 - centres[None, :, 1]
             ) ** 2
-            mine = d.argmin(axis=1) == int(np.flatnonzero(same == c)[0])
+            mine = d.argmin(axis=1) == int(np.flatnonzero(twins == c)[0])
             ys, xs = ys[mine], xs[mine]
         if not len(ys):
             return None
