@@ -166,9 +166,9 @@ def default_bundle(bundle: str | None, preset: str, tmp: Path,
     from engine.paths import default_bundle_dir, default_image_tokenizer_dir, default_text_tokenizer_path
 
     if bundle:
-        return Path(bundle), str(bundle)
+        return with_int8(Path(bundle), tmp, log), str(bundle)
     if (default_bundle_dir() / "manifest.json").is_file():
-        return default_bundle_dir(), "assets/models/shapes (trained)"
+        return with_int8(default_bundle_dir(), tmp, log), "assets/models/shapes (trained)"
     log("no shipped model: exporting the shapes preset with random weights")
     import torch
 
@@ -203,6 +203,23 @@ def default_bundle(bundle: str | None, preset: str, tmp: Path,
     write_bundle(model, vocab, tmp / "bundle", image_tokenizer=vq, text_tokenizer=texts[0],
                  extra={"tasks": ["t2i"]}, log=log)
     return tmp / "bundle", which
+
+
+def with_int8(bundle: Path, tmp: Path, log: Callable[[str], None]) -> Path:
+    """The bundle, or a copy with int8 graphs made from its float32 ones if it was exported without."""
+    import shutil
+
+    from engine.bundle import Bundle, write_manifest
+    from training.export import quantize_int8
+
+    if "int8" in Bundle.load(bundle).precisions:
+        return bundle
+    log(f"{bundle} has no int8 graphs: quantizing a copy for this run")
+    copy = tmp / "bundle-int8"
+    shutil.copytree(bundle, copy)
+    quantize_int8(copy)
+    write_manifest(copy)
+    return copy
 
 
 def time_request(clock: Clock, bundle: Path, repeats: int) -> dict:
