@@ -152,6 +152,7 @@ def test_infill_metrics(judge):
         lambda im, mask, hint: np.where(mask[..., None], 222, im).astype(np.uint8), judge, samples, (8, 8)
     )
     assert erased["acc"] < 0.5 and erased["outside_unchanged"] == 1.0
+
     def leaky(im, mask, hint):  # right inside the mask, but one bit off everywhere outside it
         out = im.copy()
         out[~mask] ^= 1
@@ -182,7 +183,7 @@ class Untrained:
 
     model_id = "untrained"
     vocab = SimpleNamespace(image_grid=(8, 8))
-    image_tokenizer = SimpleNamespace(image_size=64)
+    image_tokenizer = SimpleNamespace(image_size=64, encode=lambda x: x, decode=lambda x: x)  # lossless
 
     def __getattr__(self, task):
         def refuse(*args, **kwargs):
@@ -197,6 +198,7 @@ def test_untrained_tasks_give_null_with_a_note(judge):
     assert all(out[m] is None for m in generated)
     assert set(out["notes"]) == generated and "not trained" in out["notes"]["vqa_acc"]
     assert out["fid_floor"] > 0  # needs no model
+    assert out["details"]["tokenizer_ceiling_compositional_acc"] == 1.0  # a lossless round trip
 
 
 def test_eval_model_cli_prints_every_metric(tiny_bundle, judge, capsys, tessera_home):
@@ -209,6 +211,43 @@ def test_eval_model_cli_prints_every_metric(tiny_bundle, judge, capsys, tessera_
     assert all(isinstance(out[m], float) for m in suite.METRICS), out["notes"]  # tiny bundle: every task
     assert out["infill_outside_unchanged"] == 1.0  # the engine composites: pixels outside the mask kept
     assert out["model_id"] and out["suite"] == "quick"
+
+
+def test_eval_model_full_writes_the_ablation_report(tiny_bundle, judge, capsys, tessera_home, tmp_path):
+    from engine.cli import main
+
+    argv = [
+        "eval",
+        "model",
+        str(tiny_bundle),
+        "--suite",
+        "full",
+        "--n",
+        "2",
+        "--ablation-n",
+        "2",
+        "--metrics",
+        "compositional_acc,fid,fid_floor",
+        "--report-dir",
+        str(tmp_path),
+        "--json",
+    ]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    report = tmp_path / f"{out['model_id']}.md"
+    assert out["report"] == str(report)
+    text = report.read_text()
+    for heading in (
+        "### Strategy",
+        "### CFG scale",
+        "### Candidates",
+        "| CFG 7 |",
+        "| 8 candidates |",
+        "| CD-K |",
+    ):
+        assert heading in text
+    for plot in ("decoding", "cfg", "candidates"):
+        assert (tmp_path / out["model_id"] / f"{plot}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_eval_model_rejects_unknown_metric(tiny_bundle, judge, capsys):

@@ -14,6 +14,7 @@ from engine.memory import (
     DocumentTable,
     HNSWParams,
     IndexSpec,
+    IVFParams,
     MemoryBank,
     SelectionRules,
     retrieve,
@@ -135,12 +136,19 @@ def test_save_load_round_trip(tmp_path):
         MemoryBank.load(tmp_path / "mem")
 
 
-def test_hnsw_above_threshold(tmp_path):
-    spec = IndexSpec(threshold=1000, hnsw=HNSWParams(M=16, ef_construction=40, ef_search=48))
+@pytest.mark.parametrize("kind", ["auto", "hnsw"])
+def test_approximate_index_above_threshold(tmp_path, kind):
+    spec = IndexSpec(kind=kind, threshold=1000, ivf=IVFParams(nprobe=24),
+                     hnsw=HNSWParams(M=16, ef_construction=40, ef_search=48))
     vecs, bank = random_bank(n=3000, dim=16, spec=spec)
-    assert bank.params["kind"] == "hnsw" and bank.params["hnsw"] == {"M": 16, "ef_construction": 40,
-                                                                     "ef_search": 48}
+    if kind == "auto":  # IVF above the threshold, its parameters recorded
+        assert bank.params["kind"] == "ivf" and bank.params["ivf"]["nprobe"] == 24
+        assert bank.params["ivf"]["nlist"] == 3000 // 39  # 4 sqrt(n) capped at 39 training points per list
+    else:
+        assert bank.params["kind"] == "hnsw" and bank.params["hnsw"] == {"M": 16, "ef_construction": 40,
+                                                                         "ef_search": 48}
     _, exact = random_bank(n=3000, dim=16)
+    assert exact.params["kind"] == "flat"
     queries = unit(np.random.default_rng(5).standard_normal((50, 16)))
     approx_ids = [{d for d, _ in r} for r in bank.search(queries, k=4)]
     exact_ids = [{d for d, _ in r} for r in exact.search(queries, k=4)]
@@ -148,8 +156,12 @@ def test_hnsw_above_threshold(tmp_path):
     assert recall >= 0.9
     bank.save(tmp_path / "h")
     loaded = MemoryBank.load(tmp_path / "h")
-    assert loaded.index.hnsw.efSearch == 48
+    if kind == "auto":
+        assert loaded.index.nprobe == 24  # not stored in the index file: restored from params.json
+    else:
+        assert loaded.index.hnsw.efSearch == 48
     assert loaded.search(queries, k=4) == bank.search(queries, k=4)
+    assert np.allclose(loaded.vectors([7, 8]), vecs[7:9], atol=1e-6)  # reconstruct for the rules
 
 
 def test_bad_input():

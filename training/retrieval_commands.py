@@ -37,8 +37,8 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     p.add_argument("--docs", type=int, default=20000, help="number of documents (default 20000)")
     p.add_argument("--retriever", default=None, help="retriever folder (default: the shipped one)")
     p.add_argument("--image-tokenizer", default=None, help="image tokenizer folder (default: shipped)")
-    p.add_argument("--index", choices=("auto", "flat", "hnsw"), default="auto",
-                   help="auto: exact below 200k documents, HNSW above")
+    p.add_argument("--index", choices=("auto", "flat", "ivf", "hnsw"), default="auto",
+                   help="auto: exact below 64k documents, IVF above")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_index_build)
@@ -47,12 +47,14 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     p.add_argument("--docs", type=int, default=1_000_000)
     p.add_argument("--dim", type=int, default=None, help="vector size (default: the retriever's)")
     p.add_argument("--queries", type=int, default=1000)
-    p.add_argument("--index", choices=("hnsw", "ivf", "flat"), default="hnsw")
+    p.add_argument("--index", choices=("auto", "ivf", "hnsw", "flat"), default="auto",
+                   help="auto: what a memory bank of --docs documents uses (IVF from 64k on)")
     p.add_argument("--M", type=int, default=None, help="HNSW links per node")
     p.add_argument("--ef-construction", type=int, default=None)
-    p.add_argument("--ef-search", type=int, default=None)
     p.add_argument("--nlist", type=int, default=None, help="IVF lists (default 4 sqrt(docs))")
-    p.add_argument("--nprobe", type=int, default=32)
+    p.add_argument("--search", default=None,
+                   help="more search settings to measure after the one build: IVF nprobe or HNSW "
+                        "efSearch values, comma-separated (default 8,16,32,64 / 64,128,256)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_index_bench)
@@ -129,33 +131,44 @@ def synthetic_vectors(n: int, dim: int, seed: int, queries: int, chunk: int = 10
     return bank, points(queries)
 
 
-def _make_index(args: argparse.Namespace, dim: int, n: int):
-    import faiss
-
-    from engine.memory import HNSWParams
-
-    if args.index == "flat":
-        return faiss.IndexFlatIP(dim), "Flat (exact)"
-    if args.index == "hnsw":
-        d = HNSWParams()
-        m, efc = args.M or d.M, args.ef_construction or d.ef_construction
-        index = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = efc
-        index.hnsw.efSearch = args.ef_search or d.ef_search
-        return index, f"HNSW{m},Flat efConstruction={efc} efSearch={index.hnsw.efSearch}"
-    nlist = args.nlist or int(4 * np.sqrt(n))
-    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-    index.nprobe = args.nprobe
-    return index, f"IVF{nlist},Flat nprobe={args.nprobe}"
+def _measure(index, queries: np.ndarray, truth: np.ndarray, k: int) -> dict:
+    t0 = time.time()
+    _, found = index.search(queries, k)
+    batched_ms = (time.time() - t0) * 1000 / len(queries)
+    single = queries[: min(len(queries), 300)]
+    t0, c0 = time.time(), time.thread_time()
+    for q in single:
+        index.search(q[None], k)
+    # wall time of queries one by one, and their CPU time: one query runs on the calling thread,
+    # so the CPU time is what it costs on an idle machine (this one is shared)
+    single_ms = (time.time() - t0) * 1000 / len(single)
+    single_cpu_ms = (time.thread_time() - c0) * 1000 / len(single)
+    recall = float(np.mean([len(set(f) & set(t)) / k for f, t in zip(found, truth, strict=True)]))
+    return {"recall_at_4": round(recall, 4), "ms_per_query": round(single_ms, 3),
+            "cpu_ms_per_query": round(single_cpu_ms, 3), "ms_per_query_batched": round(batched_ms, 4)}
 
 
 def _index_bench(args: argparse.Namespace) -> int:
+    """Build the index a memory bank of --docs documents builds (engine.memory.make_index) once and
+    measure it: the top level of the report is the bank's own search setting; "sweep" adds the
+    other settings of --search to show the recall/latency trade-off."""
     import faiss
 
+    from engine.memory import HNSWParams, IndexSpec, IVFParams, make_index
     from engine.nn.retriever import RetrieverConfig
 
     if args.docs < 10 or args.queries < 1:
         raise BadInputError("--docs must be >= 10 and --queries >= 1")
+    spec = IndexSpec(kind=args.index, ivf=IVFParams(nlist=args.nlist or 0),
+                     hnsw=HNSWParams(M=args.M or HNSWParams.M,
+                                     ef_construction=args.ef_construction or HNSWParams.ef_construction))
+    kind = spec.resolve(args.docs)
+    default = {"ivf": "8,16,32,64", "hnsw": "64,128,256", "flat": "0"}
+    own = {"ivf": spec.ivf.nprobe, "hnsw": spec.hnsw.ef_search, "flat": 0}[kind]
+    try:
+        settings = sorted({own, *(int(v) for v in (args.search or default[kind]).split(","))})
+    except ValueError:
+        raise BadInputError(f"--search takes comma-separated integers, not {args.search!r}") from None
     dim = args.dim or RetrieverConfig().dim
     k = 4
     t0 = time.time()
@@ -167,30 +180,24 @@ def _index_bench(args: argparse.Namespace) -> int:
     _, truth = exact.search(queries, k)
     exact_ms = (time.time() - t0) * 1000 / len(queries)
     del exact
-    index, name = _make_index(args, dim, args.docs)
     t0, c0 = time.time(), time.process_time()
-    if not index.is_trained:
-        sample = np.random.default_rng(args.seed).choice(len(bank), min(len(bank), 64 * index.nlist), False)
-        index.train(bank[sample])
-    index.add(bank)
+    index, params = make_index(bank, spec, seed=args.seed)
     build_s, build_cpu_s = time.time() - t0, time.process_time() - c0
-    print(f"bench: built {name} in {build_s:.0f}s", file=sys.stderr)
-    t0 = time.time()
-    _, found = index.search(queries, k)
-    batched_ms = (time.time() - t0) * 1000 / len(queries)
-    single = queries[: min(len(queries), 300)]
-    t0, c0 = time.time(), time.thread_time()
-    for q in single:
-        index.search(q[None], k)
-    single_ms = (time.time() - t0) * 1000 / len(single)
-    # CPU time of those searches: what a query costs when the machine is not shared (one
-    # query runs on the calling thread), as opposed to the wall time above
-    single_cpu_ms = (time.thread_time() - c0) * 1000 / len(single)
-    recall = float(np.mean([len(set(f) & set(t)) / k for f, t in zip(found, truth, strict=True)]))
-    _emit({"recall_at_4": round(recall, 4), "ms_per_query": round(single_ms, 3),
-           "cpu_ms_per_query": round(single_cpu_ms, 3),
-           "ms_per_query_batched": round(batched_ms, 4), "index": name, "docs": args.docs, "dim": dim,
-           "queries": len(queries), "build_s": round(build_s, 1), "build_cpu_s": round(build_cpu_s, 1),
-           "exact_ms_per_query_batched": round(exact_ms, 3),
-           "threads": faiss.omp_get_max_threads()}, args.json)
+    base = params["description"].split(" ")[0]
+    print(f"bench: built {base} in {build_s:.0f}s ({build_cpu_s:.0f}s CPU)", file=sys.stderr)
+    sweep = []
+    for value in settings:
+        label = base
+        if kind == "ivf":
+            index.nprobe, label = value, f"{base} nprobe={value}"
+        elif kind == "hnsw":
+            index.hnsw.efSearch = value
+            label = f"{base} efConstruction={spec.hnsw.ef_construction} efSearch={value}"
+        sweep.append({"index": label, **_measure(index, queries, truth, k)})
+        print(f"bench: {sweep[-1]}", file=sys.stderr)
+        if value == own:
+            chosen = sweep[-1]
+    _emit({**chosen, "docs": args.docs, "dim": dim, "queries": len(queries), "build_s": round(build_s, 1),
+           "build_cpu_s": round(build_cpu_s, 1), "exact_ms_per_query_batched": round(exact_ms, 3),
+           "threads": faiss.omp_get_max_threads(), "sweep": sweep}, args.json)
     return 0

@@ -41,6 +41,7 @@ class TrainConfig:
     min_lr: float = 1e-4
     warmup: int = 100
     weight_decay: float = 1e-4
+    grad_clip: float = 1.0  # without it, 2 of 2 runs at lr 2e-3 diverged (loss 0.1 -> 10) near step 200-600
     edge_weight: float = 0.5  # L1 on image gradients: cheap sharpness prior (no LPIPS weights offline)
     kmeans_batches: int = 8
     kmeans_iters: int = 10
@@ -197,6 +198,7 @@ def train(cfg: TrainConfig, vq: VQConfig, resume: bool = False, quiet: bool = Fa
             loss = loss + cfg.edge_weight * edge_loss(o.recon, x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         restarted = model.quantizer.restart_dead_codes(o.flat, seed=cfg.seed * 1_000_003 + step)
         step += 1

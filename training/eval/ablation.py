@@ -226,32 +226,47 @@ def _table(rows: list[Row]) -> list[str]:
     return out
 
 
-def write_report(directory: str | Path, results: dict, tables: dict[str, list[Row]], n_ablation: int) -> Path:
-    """docs/eval/<model_id>.md plus <model_id>/*.png beside it."""
-    directory = Path(directory)
-    model_id = results["model_id"]
+SECTIONS = (
+    ("decoding", "Strategy", True),
+    ("cfg", "CFG scale", False),
+    ("candidates", "Candidates, re-ranked by the retriever's text-image score", False),
+)
+
+
+def _ablation_lines(directory: Path, model_id: str, tables: dict, n: int) -> list[str]:
     figures = directory / model_id
     figures.mkdir(parents=True, exist_ok=True)
     floor = tables["floor"]
-    for key, title, bars in (
-        ("decoding", "Decoding strategy", True),
-        ("cfg", "CFG scale", False),
-        ("candidates", "Candidates re-ranked by the retriever", False),
-    ):
+    lines = [
+        f"## Decoding ablation (CM3Leon §3.1), {n} test prompts of 1-2 objects",
+        "",
+        f"FID floor (the real images of these prompts vs as many real val images): {floor:.3f}.",
+    ]
+    for key, title, bars in SECTIONS:
         rows = tables[key]
-        labels = [r.setting.short for r in rows]
+        panels = [
+            ("compositional accuracy", [r.compositional_acc for r in rows]),
+            ("FID (judge features)", [r.fid for r in rows]),
+        ]
         plot(
             figures / f"{key}.png",
-            f"{title} ({n_ablation} test prompts)",
-            labels,
-            [
-                ("compositional accuracy", [r.compositional_acc for r in rows]),
-                ("FID (judge features)", [r.fid for r in rows]),
-            ],
+            f"{title} ({n} prompts)",
+            [r.setting.short for r in rows],
+            panels,
             bars=bars,
             floor=floor,
         )
-    notes = results.get("notes", {})
+        lines += ["", f"### {title}", "", *_table(rows), "", f"![{key}]({model_id}/{key}.png)"]
+    return lines
+
+
+def write_report(directory: str | Path, results: dict, tables: dict | None, n_ablation: int) -> Path:
+    """docs/eval/<model_id>.md (plus <model_id>/*.png beside it when the ablation ran)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model_id = results["model_id"]
+    notes, details = results.get("notes", {}), results.get("details", {})
+    shown = (*TARGETS, "heldout_compositional_acc", "grounding_iou", "fid_floor")
     lines = [
         f"# Evaluation: {model_id}",
         "",
@@ -273,32 +288,18 @@ def write_report(directory: str | Path, results: dict, tables: dict[str, list[Ro
         *[
             f"| {m} | {_fmt(results.get(m))} | {TARGETS.get(m, '')} | {notes.get(m, '')} |"
             for m in results
-            if m in (*TARGETS, "heldout_compositional_acc", "grounding_iou", "fid_floor")
+            if m in shown
         ],
         "",
-        f"## Decoding ablation (CM3Leon §3.1), {n_ablation} test prompts of 1-2 objects",
-        "",
-        f"FID floor (real test vs real val images, same count): {floor:.3f}.",
-        "",
-        "### Strategy",
-        "",
-        *_table(tables["decoding"]),
-        "",
-        f"![decoding]({model_id}/decoding.png)",
-        "",
-        "### CFG scale",
-        "",
-        *_table(tables["cfg"]),
-        "",
-        f"![cfg]({model_id}/cfg.png)",
-        "",
-        "### Candidates, re-ranked by the retriever's text-image score",
-        "",
-        *_table(tables["candidates"]),
-        "",
-        f"![candidates]({model_id}/candidates.png)",
+        "Tokenizer ceiling (the bundle's VQ round trip of the real test images, judged the same way): "
+        f"compositional {_fmt(details.get('tokenizer_ceiling_compositional_acc'))}, "
+        f"FID {_fmt(details.get('tokenizer_ceiling_fid'))}.",
         "",
     ]
+    if tables is None:
+        lines += ["## Decoding ablation", "", notes.get("ablation", "not run"), ""]
+    else:
+        lines += [*_ablation_lines(directory, model_id, tables, n_ablation), ""]
     path = directory / f"{model_id}.md"
     atomic_write_text(path, "\n".join(lines))
     return path
