@@ -9,6 +9,8 @@ directly: images go to the candidates strip and only an explicit Accept puts the
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -17,7 +19,7 @@ from PySide6.QtCore import QObject
 from app import mask as M
 from app.history import HistoryEntry
 from app.imageutil import png_bytes, resize, rgba
-from app.panels import CandidateItem
+from app.panels import CandidateItem, LibraryItem
 from app.prompt_panel import TASKS
 from app.qtfix import Signal
 from engine.errors import UnsupportedTaskError
@@ -27,6 +29,7 @@ from engine.paths import user_data_dir
 
 if TYPE_CHECKING:
     from app.window import MainWindow
+    from engine.library import AddReport, UserLibrary
 
 IMAGE_TASKS = ("generate", "inpaint", "edit")
 
@@ -125,17 +128,17 @@ class Controller(QObject):
         stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{int(time.time() * 1000) % 1000:03d}"
         path = user_data_dir() / "references" / f"ref-{stamp}.png"
         atomic_write_bytes(path, png_bytes(self.win.doc.image))
-        return self.win.queue.submit("library", "Add reference", lambda engine, _: _library_call(
-            engine, lambda lib: lib.add_images([str(path)])))
+        return self.win.queue.submit("library", "Add reference", lambda engine, progress: _library_call(
+            engine, lambda lib: _added(lib.add([path], progress=progress))))
 
     def add_library_folder(self, folder: str) -> int:
         self.win.retrieval.set_indexing(0, 1)
         return self.win.queue.submit("library", f"Index · {_short(folder, 30)}", lambda engine, progress: (
-            _library_call(engine, lambda lib: lib.add_folder(folder, progress=progress))))
+            _library_call(engine, lambda lib: _added(lib.add([folder], progress=progress)))))
 
     def remove_library(self, ids: list[int]) -> int:
         return self.win.queue.submit("library", "Remove references", lambda engine, _: _library_call(
-            engine, lambda lib: lib.remove(ids)))
+            engine, lambda lib: f"Removed {lib.remove(ids)} image(s) from the library."))
 
     def refresh_library(self) -> int:
         """Show what the library already holds; a model without a retriever simply has none."""
@@ -143,7 +146,7 @@ class Controller(QObject):
             try:
                 return _library_call(engine, None)
             except UnsupportedTaskError:
-                return []
+                return [], None
         return self.win.queue.submit("library", "Library", listing)
 
     def _refuse(self, text: str) -> None:
@@ -210,8 +213,11 @@ class Controller(QObject):
             self.win.doc.set_segmentation(grid, self.class_names)
             self.message.emit("Segmented. Pick the Region tool (R) and click a region to make it the mask.")
         elif record.task == "library":
+            items, note = result
             self.win.retrieval.set_indexing(None)
-            self.win.retrieval.set_library(result)
+            self.win.retrieval.set_library(items)
+            if note:
+                self.message.emit(note)
 
     def _images_done(self, record, finished: Finished) -> None:
         settings = {**record.params.get("settings", {}), **(finished.settings or {})}
@@ -241,9 +247,19 @@ class Controller(QObject):
         return out
 
 
-def _library_call(engine, operation):
-    """Run a library operation on the worker thread and return the library's new contents."""
+def _library_call(engine, operation: Callable[[UserLibrary], str | None] | None
+                  ) -> tuple[list[LibraryItem], str | None]:
+    """On the worker thread: run a library operation, then read the library's new contents, thumbnails
+    included (the panel never touches the library). Returns them and the operation's status message."""
     library = engine.library
-    if operation is not None:
-        operation(library)
-    return list(library.list())
+    note = operation(library) if operation is not None else None
+    return [LibraryItem(e.id, e.path, e.caption, library.image(e.id)) for e in library.list()], note
+
+
+def _added(report: AddReport) -> str:
+    text = f"Added {len(report.added)} image(s) to the library."
+    if report.skipped:
+        path, reason = report.skipped[0]
+        more = f" and {len(report.skipped) - 1} more" if len(report.skipped) > 1 else ""
+        text += f" Skipped {Path(path).name} ({reason}){more}."
+    return text

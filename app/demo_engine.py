@@ -12,16 +12,18 @@ segmentations are exact for images this engine drew itself and rough guesses for
 from __future__ import annotations
 
 import re
+import tempfile
 import time
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 
 from engine.errors import BadInputError
 from engine.events import Candidate, Finished, PartialImage, Progress, Retrieved, RetrievedDocument
 from engine.jobs import Job
+from engine.library import UserLibrary
+from engine.retriever import normalize
 
 KINDS = ("circle", "square", "triangle", "star", "heart", "cross")
 COLORS = {
@@ -40,14 +42,6 @@ class Shape:
     cx: float  # centre and radius as fractions of the image side
     cy: float
     r: float
-
-
-@dataclass(frozen=True)
-class LibraryItem:
-    id: int
-    path: str
-    caption: str
-    thumbnail: np.ndarray
 
 
 def _inside(kind: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -132,43 +126,32 @@ def _rgb(image: np.ndarray) -> np.ndarray:
     return image[..., :3]
 
 
-class DemoLibrary:
-    """The artist's reference images, kept in memory."""
+def palette_shares(rgb: np.ndarray) -> np.ndarray:
+    """The share of the pixels close to each of the shape colours, (len(COLORS),) float32."""
+    palette = np.array(list(COLORS.values()), np.float32)
+    px = rgb.reshape(-1, 3).astype(np.float32)
+    dist = np.linalg.norm(px[:, None] - palette[None], axis=2)
+    near = dist.min(1) < 60
+    return np.bincount(dist.argmin(1)[near], minlength=len(COLORS)).astype(np.float32) / len(px)
 
-    def __init__(self, engine: DemoEngine) -> None:
-        self._engine = engine
-        self._items: list[LibraryItem] = []
-        self._next = 1
 
-    def add_images(self, paths, progress=None) -> list[LibraryItem]:
-        from PIL import Image
+class PaletteEmbedder:
+    """The demo's retriever (an engine.retriever.Embedder): an image is its shares of the shape
+    colours, a text the shape colours it names. The constant last dimension keeps every vector nonzero."""
 
-        added = []
-        for i, path in enumerate(paths):
-            with Image.open(path) as im:
-                thumb = np.asarray(im.convert("RGB").resize((SIZE, SIZE), Image.Resampling.BILINEAR))
-            item = LibraryItem(self._next, str(path), self._engine.describe_image(thumb), thumb)
-            self._next += 1
-            self._items.append(item)
-            added.append(item)
-            time.sleep(self._engine.step_delay)
-            if progress is not None:
-                progress(i + 1, len(paths))
-        return added
+    name = "demo-palette"
+    dim = len(COLORS) + 1
 
-    def add_folder(self, path, progress=None) -> list[LibraryItem]:
-        folder = Path(path)
-        if not folder.is_dir():
-            raise BadInputError(f"{folder}: not a folder")
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
-        return self.add_images(files, progress)
+    def embed_images(self, images: np.ndarray) -> np.ndarray:
+        return _with_bias(np.stack([palette_shares(_rgb(im)) for im in images]))
 
-    def remove(self, ids) -> None:
-        gone = set(ids)
-        self._items = [item for item in self._items if item.id not in gone]
+    def embed_texts(self, texts) -> np.ndarray:
+        words = [set(re.findall(r"[a-z]+", t.lower())) for t in texts]
+        return _with_bias(np.array([[c in w for c in COLORS] for w in words], np.float32))
 
-    def list(self) -> tuple[LibraryItem, ...]:
-        return tuple(self._items)
+
+def _with_bias(x: np.ndarray) -> np.ndarray:
+    return normalize(np.concatenate([x, np.full((len(x), 1), 0.05, np.float32)], 1))
 
 
 class DemoEngine:
@@ -179,7 +162,10 @@ class DemoEngine:
 
     def __init__(self, step_delay: float = 0.004) -> None:
         self.step_delay = step_delay  # seconds per decode step: the "model"
-        self.library = DemoLibrary(self)
+        # the real user library, in a folder of its own: the demo starts with an empty one and never
+        # touches the artist's
+        self._library_dir = tempfile.TemporaryDirectory(prefix="tessera-demo-library-")
+        self.library = UserLibrary(PaletteEmbedder(), self._library_dir.name)
         self._scenes: dict[bytes, tuple[tuple[Shape, ...], str, np.ndarray]] = {}  # images it drew
 
     @classmethod
@@ -290,12 +276,8 @@ class DemoEngine:
         known = self._scenes.get(np.ascontiguousarray(rgb).tobytes())
         if known:
             return describe(known[0], known[1])
-        names = list(COLORS)
-        palette = np.array([COLORS[c] for c in names], np.float32)
-        px = rgb.reshape(-1, 3).astype(np.float32)
-        dist = np.linalg.norm(px[:, None] - palette[None], axis=2)
-        counts = np.bincount(dist.argmin(1)[dist.min(1) < 60], minlength=len(names))
-        found = [names[i] for i in np.argsort(-counts) if counts[i] > px.shape[0] * 0.02][:2]
+        shares = palette_shares(rgb)
+        found = [list(COLORS)[i] for i in np.argsort(-shares) if shares[i] > 0.02][:2]
         return f"an image with {' and '.join(found)} shapes" if found else "an image without bright shapes"
 
     def _guess_classes(self, rgb: np.ndarray) -> np.ndarray:
@@ -306,11 +288,11 @@ class DemoEngine:
 
     def _retrieve(self, prompt: str, shapes: tuple[Shape, ...], k: int, seed: int) -> tuple:
         docs = []
-        words = set(re.findall(r"[a-z]+", prompt.lower()))
-        for item in self.library.list():
-            overlap = len(words & set(item.caption.split()))
-            if overlap:
-                docs.append(RetrievedDocument(item.caption, item.thumbnail, 0.5 + 0.05 * overlap, "library"))
+        if k > 0 and len(self.library):
+            (hits,) = self.library.search(self.library.embedder.embed_texts([prompt]), k)
+            for entry_id, score in hits:
+                caption, thumb = self.library.document(entry_id)
+                docs.append(RetrievedDocument(caption or self.describe_image(thumb), thumb, score, "library"))
         rng = np.random.default_rng(seed + 1000)
         for i in range(k):
             base = shapes[i % len(shapes)] if shapes else Shape("circle", "red", 0.5, 0.5, 0.2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,6 +39,16 @@ class CandidateItem:
     image: np.ndarray  # RGBA, already composited for inpainting
     meta: dict = field(default_factory=dict)  # prompt, seed, settings, model_id, task
     kept: bool = False  # a variation the artist kept: survives the next job's results
+
+
+@dataclass(frozen=True)
+class LibraryItem:
+    """One entry of the engine's user library as the panel shows it, read on the worker thread."""
+
+    id: int
+    path: str  # where the image was added from
+    caption: str | None
+    thumbnail: np.ndarray  # RGB uint8, the library's stored copy
 
 
 class CandidatesStrip(QWidget):
@@ -265,7 +276,7 @@ class RetrievalPanel(QWidget):
             hint.setFlags(Qt.ItemFlag.NoItemFlags)
             self.retrieved.addItem(hint)
 
-    def set_library(self, items) -> None:
+    def set_library(self, items: Sequence[LibraryItem]) -> None:
         self.library.clear()
         if not items:
             hint = QListWidgetItem("Add a folder of your own images: the model can then retrieve them "
@@ -273,9 +284,10 @@ class RetrievalPanel(QWidget):
             hint.setFlags(Qt.ItemFlag.NoItemFlags)
             self.library.addItem(hint)
         for it in items:
-            item = QListWidgetItem(icon(np.asarray(it.thumbnail), 48), f"{it.caption}\n{it.path}")
+            text = f"{it.caption}\n{it.path}" if it.caption else it.path
+            item = QListWidgetItem(icon(it.thumbnail, 48), text)
             item.setData(Qt.ItemDataRole.UserRole, it.id)
-            item.setToolTip(str(it.path))
+            item.setToolTip(it.path)
             self.library.addItem(item)
         self.remove_button.setEnabled(bool(items))
 

@@ -37,6 +37,7 @@ DECODE_FILE = "model/decode.onnx"
 # precision -> (prefill, decode) graphs
 GRAPHS = {"fp32": (PREFILL_FILE, DECODE_FILE), "int8": ("model/prefill_int8.onnx", "model/decode_int8.onnx")}
 WEIGHTS_FILE = "model.safetensors"
+ONNX_WEIGHTS_FILE = "model/weights.bin"
 TEXT_TOKENIZER_FILE = "tokenizer.json"
 REQUIRED_FILES = (CONFIG_FILE, PREFILL_FILE, DECODE_FILE, TEXT_TOKENIZER_FILE)
 COMPONENTS = ("image_tokenizer", "retriever", "memory")

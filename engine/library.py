@@ -19,7 +19,7 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -69,6 +69,22 @@ def _expand(paths: Iterable[str | Path], skipped: list[tuple[str, str]]) -> list
         else:
             skipped.append((str(p), "no such file or folder"))
     return out
+
+
+def _read(path: Path, known: set[str], skipped: list[tuple[str, str]], size: int
+          ) -> tuple[str, np.ndarray] | None:
+    """(sha256, thumbnail) of an image file not in the library yet; None (and why, in skipped) if not."""
+    try:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest in known:
+            skipped.append((str(path), "already in the library"))
+            return None
+        return digest, load_image(path, size)
+    except BadInputError as exc:
+        skipped.append((str(path), str(exc).removeprefix(f"{path}: ")))
+    except OSError as exc:
+        skipped.append((str(path), f"unreadable: {exc.strerror or exc}"))
+    return None
 
 
 class UserLibrary:
@@ -135,31 +151,27 @@ class UserLibrary:
         self._save()
 
     # -- changes ------------------------------------------------------------------------------
-    def add(self, paths: Iterable[str | Path], captions: dict[str, str] | None = None) -> AddReport:
+    def add(self, paths: Iterable[str | Path], captions: dict[str, str] | None = None,
+            progress: Callable[[int, int], None] | None = None) -> AddReport:
         """Add image files and folders (recursively). Bad or duplicate files are skipped and
-        reported, never raised; the library is saved once at the end."""
+        reported, never raised; the library is saved once at the end. progress(done, total) is
+        called after each image file is read (total: the image files the paths expand to)."""
         report = AddReport()
         captions = {str(Path(k)): v for k, v in (captions or {}).items()}
         with self._lock:
             known = {e.sha256 for e in self.entries.values()}
             new: list[tuple[Entry, np.ndarray]] = []
-            for path in _expand(paths, report.skipped):
-                try:
-                    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-                    if digest in known:
-                        report.skipped.append((str(path), "already in the library"))
-                        continue
-                    thumb = load_image(path, self.thumb_size)
-                except BadInputError as exc:
-                    report.skipped.append((str(path), str(exc).removeprefix(f"{path}: ")))
-                    continue
-                except OSError as exc:
-                    report.skipped.append((str(path), f"unreadable: {exc.strerror or exc}"))
-                    continue
-                known.add(digest)
-                caption = (captions.get(str(path)) or "").strip() or None
-                new.append((Entry(self._next_id, str(path), digest, caption, time.time()), thumb))
-                self._next_id += 1
+            files = _expand(paths, report.skipped)
+            for done, path in enumerate(files, 1):
+                read = _read(path, known, report.skipped, self.thumb_size)
+                if read is not None:
+                    digest, thumb = read
+                    known.add(digest)
+                    caption = (captions.get(str(path)) or "").strip() or None
+                    new.append((Entry(self._next_id, str(path), digest, caption, time.time()), thumb))
+                    self._next_id += 1
+                if progress is not None:
+                    progress(done, len(files))
             if not new:
                 return report
             for entry, thumb in new:  # thumbnails first: library.npz, written last, commits the add

@@ -4,8 +4,8 @@ the selection rules of DESIGN.md §5 (RA-CM3 / CM3Leon §2.1).
 A bank is a folder:
 
     index.faiss   faiss.write_index output (never pickle)
-    table.npz     texts (UTF-8 bytes + offsets), image codes (int16), has_text, has_image, ids
-    params.json   index kind and its parameters, the dimension, the count, the selection rules
+    table.npz     texts (UTF-8 bytes + offsets), image codes, has_text, has_image, ids (compressed)
+    params.json   index kind, storage and parameters, the dimension, the count, the selection rules
 
 Scores are inner products of L2-normalised vectors, i.e. cosine similarities in [-1, 1].
 """
@@ -30,6 +30,7 @@ FORMAT_VERSION = 1
 # One exact query streams all N x dim floats: ~6 ms for 100k x 128 on this 2-core CPU (measured),
 # ~4 ms at this size. Above it the bank switches to an approximate index.
 APPROXIMATE_THRESHOLD = 64_000
+STORAGES = ("fp32", "fp16")
 
 
 @dataclass(frozen=True)
@@ -62,27 +63,40 @@ class IndexSpec:
 
     "auto" is exact below `threshold` documents and IVF above: at 1M documents IVF4000 builds in
     88 s of CPU against 522 s for HNSW32 and reaches recall@4 0.997 at nprobe 32 in 0.74 ms per
-    query, where HNSW32 needs efSearch 256 for 0.96 in 1.5 ms (docs/retrieval.md, `index bench`)."""
+    query, where HNSW32 needs efSearch 256 for 0.96 in 1.5 ms (docs/retrieval.md, `index bench`).
+
+    storage "fp16" keeps the exact index's vectors as float16 (a FAISS scalar quantizer): half the
+    file at the same search speed. Its recall@4 against float32 is 0.999 both on 20000 random unit
+    vectors of 128 dims (tests/test_memory.py) and on the Shapes World bank (1000 queries each)."""
 
     kind: str = "auto"  # "flat" | "ivf" | "hnsw" | "auto"
+    storage: str = "fp32"  # "fp32" | "fp16" (exact index only)
     ivf: IVFParams = field(default_factory=IVFParams)
     hnsw: HNSWParams = field(default_factory=HNSWParams)
     threshold: int = APPROXIMATE_THRESHOLD
 
     def resolve(self, count: int) -> str:
-        if self.kind == "auto":
-            return "ivf" if count >= self.threshold else "flat"
-        if self.kind not in ("flat", "ivf", "hnsw"):
-            raise BadInputError(f"unknown index kind {self.kind!r} (flat, ivf, hnsw or auto)")
-        return self.kind
+        if self.storage not in STORAGES:
+            raise BadInputError(f"unknown index storage {self.storage!r} ({' or '.join(STORAGES)})")
+        kind = self.kind
+        if kind == "auto":
+            kind = "ivf" if count >= self.threshold else "flat"
+        elif kind not in ("flat", "ivf", "hnsw"):
+            raise BadInputError(f"unknown index kind {kind!r} (flat, ivf, hnsw or auto)")
+        if self.storage != "fp32" and kind != "flat":
+            raise BadInputError(f"{self.storage} storage is for the exact (flat) index, not {kind}")
+        return kind
 
 
 def make_index(vecs: np.ndarray, spec: IndexSpec, seed: int = 0) -> tuple[faiss.Index, dict]:
     """A filled inner-product index over unit vectors and its params.json entries."""
     count, dim = vecs.shape
     kind = spec.resolve(count)
-    params: dict = {"kind": kind}
-    if kind == "flat":
+    params: dict = {"kind": kind, "storage": spec.storage}
+    if kind == "flat" and spec.storage == "fp16":
+        index = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+        params["description"] = "SQfp16 (exact search over float16 vectors)"
+    elif kind == "flat":
         index = faiss.IndexFlatIP(dim)
         params["description"] = "Flat (exact)"
     elif kind == "hnsw":
@@ -133,15 +147,24 @@ class DocumentTable:
     def multimodal(self) -> np.ndarray:
         return self.has_text & self.has_image
 
+    def head(self, count: int) -> DocumentTable:
+        """The first `count` documents."""
+        return DocumentTable(self.texts[:count], self.codes[:count], self.has_text[:count],
+                             self.has_image[:count], self.ids[:count])
+
     def save(self, path: str | Path) -> None:
+        """Deflated: ~77 bytes a Shapes World document (64 codes of 1024 ~61, caption ~13) against
+        230 uncompressed. A VQ code carries ~7.6 bits of its 16, so deflate only halves the codes."""
         encoded = [t.encode("utf-8") for t in self.texts]
         offsets = np.cumsum([0, *(len(b) for b in encoded)], dtype=np.int64)
         blob = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+        narrow = self.codes.astype(np.int8)
+        codes = narrow if np.array_equal(narrow, self.codes) else self.codes  # load widens to int16
 
         def write(tmp: str) -> None:
             with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
-                np.savez(f, text_bytes=blob, text_offsets=offsets, codes=self.codes,
-                         has_text=self.has_text, has_image=self.has_image, ids=self.ids)
+                np.savez_compressed(f, text_bytes=blob, text_offsets=offsets, codes=codes,
+                                    has_text=self.has_text, has_image=self.has_image, ids=self.ids)
 
         atomic_write(path, write)
 
@@ -195,6 +218,15 @@ class MemoryBank:
         params = {"format": FORMAT_VERSION, **params, "dim": vecs.shape[1], "count": len(vecs),
                   "metric": "inner_product", "rules": asdict(rules)}
         return cls(index, table, params, rules)
+
+    def subset(self, count: int, spec: IndexSpec | None = None) -> MemoryBank:
+        """A bank of the first `count` documents, its index rebuilt from this one's vectors (no
+        re-embedding) under `spec`, with the same rules. A corpus's documents are independent draws,
+        so its first N are a fair sample, and the documents `tessera index build --docs N` embeds."""
+        if not 0 < count <= len(self):
+            raise BadInputError(f"a subset of this bank holds 1 to {len(self)} documents, not {count}")
+        return MemoryBank.build(self.index.reconstruct_n(0, count), self.table.head(count), spec=spec,
+                                rules=self.rules)
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)

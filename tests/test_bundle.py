@@ -120,6 +120,20 @@ def test_export_command_from_a_checkpoint(tiny_bundle, tmp_path, capsys):
     assert main(args) == 1  # exists: refused without --force (a clear error, exit code 1)
     assert "--force" in capsys.readouterr().err
 
+    # what the studio ships: no torch weights, no int8 twins, no training leftovers, a display name
+    tok = tmp_path / "tok"
+    shutil.copytree(b.image_tokenizer_dir, tok)
+    (tok / "checkpoint-0000010.safetensors").write_bytes(b"x")
+    (tok / "train_log.jsonl").write_text("{}\n")
+    args[args.index("--tokenizer") + 1] = str(tok)
+    assert main([*args, "--force", "--runtime-only", "--no-int8", "--name", "shipped"]) == 0
+    shipped = Bundle.load(out)
+    files = set(shipped.manifest["files"])
+    assert WEIGHTS_FILE not in files and not any("int8" in f or f.endswith((".safetensors", ".jsonl"))
+                                                 for f in files)
+    assert shipped.precisions == ["fp32"] and shipped.config["name"] == "shipped"
+    np.testing.assert_allclose(shipped.backend("cpu").prefill(ids)[0], before, atol=1e-5)
+
 
 def test_export_refuses_mismatched_tokenizers(tiny_bundle, tmp_path):
     b = Bundle.load(tiny_bundle)

@@ -84,6 +84,20 @@ def test_load_reports_identity(engine, tiny_bundle, tmp_path, monkeypatch):
     assert Engine.load().model_id == engine.model_id
 
 
+def test_model_id_follows_the_weights(engine, tiny_bundle, tmp_path):
+    import shutil
+
+    from engine.bundle import ONNX_WEIGHTS_FILE, write_manifest
+
+    copy = tmp_path / "retrained"
+    shutil.copytree(tiny_bundle, copy)
+    weights = bytearray((copy / ONNX_WEIGHTS_FILE).read_bytes())
+    weights[-1] ^= 1  # another training of the same preset: same graphs, other weights
+    (copy / ONNX_WEIGHTS_FILE).write_bytes(bytes(weights))
+    write_manifest(copy)
+    assert Engine.load(copy).model_id != engine.model_id
+
+
 def test_generate_event_stream(engine):
     job = engine.generate(PROMPT, n=2, seed=7, retrieve=2)
     events = list(job)

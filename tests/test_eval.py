@@ -204,13 +204,27 @@ def test_untrained_tasks_give_null_with_a_note(judge):
 def test_eval_model_cli_prints_every_metric(tiny_bundle, judge, capsys, tessera_home):
     from engine.cli import main
 
-    code = main(["eval", "model", str(tiny_bundle), "--suite", "quick", "--n", "3", "--json"])
+    code = main(["eval", str(tiny_bundle), "--suite", "quick", "--n", "3", "--json"])  # the short spelling
     out = json.loads(capsys.readouterr().out)
     assert code == 0
     assert set(suite.METRICS) <= set(out)
     assert all(isinstance(out[m], float) for m in suite.METRICS), out["notes"]  # tiny bundle: every task
     assert out["infill_outside_unchanged"] == 1.0  # the engine composites: pixels outside the mask kept
     assert out["model_id"] and out["suite"] == "quick"
+
+
+@pytest.mark.parametrize(("argv", "command", "bundle"), [
+    (["eval"], "model", None),
+    (["eval", "--suite", "full"], "model", None),
+    (["eval", "some/bundle", "--json"], "model", "some/bundle"),
+    (["eval", "model", "some/bundle"], "model", "some/bundle"),
+    (["eval", "tokenizer", "--json"], "tokenizer", None),
+])
+def test_eval_defaults_to_the_model_suite(argv, command, bundle):
+    from engine.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    assert args.eval_command == command and getattr(args, "bundle", None) == bundle
 
 
 def test_eval_model_full_writes_the_ablation_report(tiny_bundle, judge, capsys, tessera_home, tmp_path):

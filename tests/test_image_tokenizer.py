@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -17,7 +18,14 @@ from engine.image_tokenizer import GREY, ImageTokenizer  # noqa: E402
 from engine.nn.vqvae import Quantizer, VQConfig, VQModel  # noqa: E402
 from engine.paths import default_image_tokenizer_dir  # noqa: E402
 from training.data.shapes import ShapesWorld  # noqa: E402
-from training.tokenizer_train import TrainConfig, export, load_model, to_tensor, train  # noqa: E402
+from training.tokenizer_train import (  # noqa: E402
+    TrainConfig,
+    deepen_decoder,
+    export,
+    load_model,
+    to_tensor,
+    train,
+)
 
 TINY = VQConfig(image_size=16, codebook_size=16, code_dim=4, channels=(16, 16), res_blocks=1, up_blocks=1,
                 dead_after=5, arch="patch")
@@ -122,6 +130,21 @@ def test_training_loss_drops_and_resume_is_exact(tmp_path):
     assert len(list((tmp_path / "b").glob("checkpoint-*.safetensors"))) == 1
 
 
+def test_decoder_refinement_keeps_codes_and_lowers_loss(tiny_export, tmp_path):
+    src, model, _ = tiny_export
+    deeper = deepen_decoder(load_model(src), up_blocks=3)
+    codes = torch.randint(TINY.codebook_size, (4, *TINY.grid))
+    assert torch.equal(deeper.decode(codes), load_model(src).decode(codes))  # new blocks start as identity
+
+    cfg = dataclasses.replace(tiny_train_config(tmp_path / "r", 30), refine_from=str(src), lr=1e-2)
+    refined = train(cfg, dataclasses.replace(TINY, up_blocks=3), quiet=True)
+    x = to_tensor(ShapesWorld("test", size=16).batch(range(16)))
+    assert torch.equal(refined.encode(x), load_model(src).encode(x))  # encoder and codebook frozen
+    losses = [row["loss"] for row in _log(tmp_path / "r")]
+    assert losses[-1] < losses[0], losses
+    assert len(refined.decoder.net) == len(load_model(src).decoder.net) + 2
+
+
 # ---- export + runtime ------------------------------------------------------------------------------
 def test_onnx_export_matches_torch(tiny_export):
     out, model, check = tiny_export
@@ -211,6 +234,6 @@ def test_shipped_tokenizer_quality():
     recon = tok.decode(tok.encode(images))
     mse = ((recon.astype(np.float64) - images) ** 2).reshape(32, -1).mean(1)
     psnr = 10 * np.log10(255.0**2 / np.maximum(mse, 1e-10))
-    # The shipped tokenizer measures 27.1 dB on 500 val images (target 32 dB, not met: docs/tokenizer.md);
-    # this guards against shipping a worse one.
-    assert psnr.mean() > 26.0, psnr
+    # The shipped tokenizer measures 29.4 dB on the 1000 test images and 29.0 dB on these 32 (target
+    # 32 dB, not met: docs/tokenizer.md); this guards against shipping a worse one.
+    assert psnr.mean() > 28.5, psnr

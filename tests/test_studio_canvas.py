@@ -48,7 +48,8 @@ def test_model_images_are_shown_large_and_smooth(view):
     assert view.image_item.transformationMode() == Qt.TransformationMode.SmoothTransformation
     assert view.zoom() > 5  # a 64x64 image fills a 640x480 view
     shown = view.mapFromScene(view.doc_rect()).boundingRect()
-    assert shown.height() == pytest.approx(480 - 48, abs=4)
+    # fitted with a margin; the viewport's exact height depends on the style's frame and scroll bars
+    assert 0.85 * view.viewport().height() <= shown.height() <= view.viewport().height()
 
 
 def test_fit_actual_size_and_wheel_zoom(view):

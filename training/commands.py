@@ -35,3 +35,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         groups[name] = parser.add_subparsers(dest=f"{name}_command", metavar="COMMAND", required=True)
     for module in COMMAND_MODULES:
         importlib.import_module(module).register(groups)
+    _default_subcommand(sub.choices["eval"], groups["eval"], "model")
+
+
+def _default_subcommand(parser: argparse.ArgumentParser, subcommands: argparse._SubParsersAction,
+                        default: str) -> None:
+    """Let `tessera eval [BUNDLE] [options]` mean `tessera eval model [BUNDLE] [options]`: argparse
+    cannot put an optional positional beside subcommands, so arguments that do not start with a
+    subcommand's name are given the default one."""
+    parse = parser.parse_known_args
+
+    def parse_known_args(args=None, namespace=None):
+        args = list(args or [])
+        if not args or (args[0] not in subcommands.choices and args[0] not in ("-h", "--help")):
+            args.insert(0, default)
+        return parse(args, namespace)
+
+    parser.parse_known_args = parse_known_args

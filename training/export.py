@@ -34,6 +34,7 @@ from engine.bundle import (
     CONFIG_FILE,
     DECODE_FILE,
     GRAPHS,
+    ONNX_WEIGHTS_FILE,
     PREFILL_FILE,
     TEXT_TOKENIZER_FILE,
     WEIGHTS_FILE,
@@ -46,7 +47,7 @@ from engine.nn.transformer import ModelConfig, Transformer
 from engine.vocab import Vocab
 
 OPSET = 17
-WEIGHTS_BIN = "model/weights.bin"
+TORCH_ONLY = ("*.safetensors", "checkpoint*", "*.jsonl", "*.log")  # in components; left out by runtime_only
 PARITY_TOLERANCE = 1e-3  # max |Δlogit| accepted between ONNX Runtime and torch (float32)
 
 
@@ -79,8 +80,9 @@ def _static_layer_norm(d_model: int):
         transformer_module.layer_norm = original
 
 
-def export_transformer(model: Transformer, out_dir: str | Path) -> None:
-    """Write prefill.onnx and decode.onnx (TorchScript exporter: ~1 s, the dynamo one ~20 s)."""
+def export_transformer(model: Transformer, out_dir: str | Path, int8: bool = True) -> None:
+    """Write prefill.onnx and decode.onnx (TorchScript exporter: ~1 s, the dynamo one ~20 s), and
+    their int8 twins unless int8 is False."""
     model = model.eval().float()
     c = model.config
     out_dir = Path(out_dir)
@@ -105,8 +107,10 @@ def export_transformer(model: Transformer, out_dir: str | Path) -> None:
 
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(path, write)
-    quantize_int8(out_dir)
-    share_weights([out_dir / f for files in GRAPHS.values() for f in files], out_dir / WEIGHTS_BIN)
+    precisions = ("fp32", "int8") if int8 else ("fp32",)
+    if int8:
+        quantize_int8(out_dir)
+    share_weights([out_dir / f for p in precisions for f in GRAPHS[p]], out_dir / ONNX_WEIGHTS_FILE)
 
 
 def quantize_int8(out_dir: Path) -> None:
@@ -240,36 +244,45 @@ def write_bundle(
     memory: str | Path | None = None,
     extra: dict | None = None,
     force: bool = False,
+    int8: bool = True,
+    runtime_only: bool = False,
+    name: str | None = None,
     log=print,
 ) -> dict:
     """Assemble a bundle in a staging folder beside `out`, seal it with manifest.json and move it into
-    place; returns its config. A half-written bundle never sits at `out`."""
+    place; returns its config. A half-written bundle never sits at `out`.
+
+    runtime_only leaves out what only torch uses (model.safetensors, the components' safetensors,
+    checkpoints and logs): the bundle the studio ships. int8=False leaves out the int8 twin graphs."""
     from safetensors.torch import save_file
 
     out = Path(out)
     if out.exists() and not force:
         raise BadInputError(f"{out} exists; pass --force to replace it")
     sources = {"image_tokenizer": image_tokenizer, "retriever": retriever, "memory": memory}
-    for name, src in [*sources.items(), ("text_tokenizer", text_tokenizer)]:
+    for part, src in [*sources.items(), ("text_tokenizer", text_tokenizer)]:
         if src is not None and not Path(src).exists():
-            raise BadInputError(f"{name} not found: {src}")
+            raise BadInputError(f"{part} not found: {src}")
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         t0 = time.perf_counter()
-        export_transformer(model, stage)
-        diff, diff_int8 = parity(model, stage), parity(model, stage, "int8")
+        export_transformer(model, stage, int8=int8)
+        diff = parity(model, stage)
+        diff_int8 = parity(model, stage, "int8") if int8 else None
         log(f"exported the transformer in {time.perf_counter() - t0:.1f} s; max |Δlogit| vs torch: "
-            f"{diff:.2e} (float32), {diff_int8:.2e} (int8 weights)")
+            f"{diff:.2e} (float32)" + (f", {diff_int8:.2e} (int8 weights)" if int8 else ""))
         if diff > PARITY_TOLERANCE:
             raise RuntimeError(f"ONNX and torch disagree: max |Δlogit| {diff:.2e} > {PARITY_TOLERANCE}")
-        atomic_write(stage / WEIGHTS_FILE, lambda tmp: save_file(_contiguous(model.state_dict()), tmp))
+        if not runtime_only:
+            atomic_write(stage / WEIGHTS_FILE, lambda tmp: save_file(_contiguous(model.state_dict()), tmp))
         shutil.copyfile(_tokenizer_file(text_tokenizer), stage / TEXT_TOKENIZER_FILE)
+        skip = [".*", "__pycache__", *(TORCH_ONLY if runtime_only else ())]
         components = {}
-        for name, src in sources.items():
+        for component, src in sources.items():
             if src is not None:
-                shutil.copytree(src, stage / name, ignore=shutil.ignore_patterns(".*", "__pycache__"))
-                components[name] = name
+                shutil.copytree(src, stage / component, ignore=shutil.ignore_patterns(*skip))
+                components[component] = component
         config = {
             "format": BUNDLE_FORMAT,
             "model": model.config.to_dict(),
@@ -278,13 +291,14 @@ def write_bundle(
             "export": {
                 "opset": OPSET,
                 "parity_max_abs_logit_diff": diff,
-                "parity_int8_max_abs_logit_diff": diff_int8,
+                **({"parity_int8_max_abs_logit_diff": diff_int8} if int8 else {}),
                 "torch": torch.__version__,
                 "onnxruntime": __import__("onnxruntime").__version__,
                 "python": sys.version.split()[0],
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             },
             **(extra or {}),
+            **({"name": name} if name else {}),
         }
         atomic_write_text(stage / CONFIG_FILE, json.dumps(config, indent=2))
         write_manifest(stage)  # last: it vouches for everything above

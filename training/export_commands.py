@@ -22,6 +22,10 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                                        "run trained with, if present)")
     p.add_argument("--memory", help="memory bank folder (default: CHECKPOINT/memory if present)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
+    p.add_argument("--name", help="the bundle's display name (config.json name)")
+    p.add_argument("--no-int8", dest="int8", action="store_false", help="leave out the int8 twin graphs")
+    p.add_argument("--runtime-only", action="store_true",
+                   help="leave out what only torch uses (safetensors weights, checkpoints, logs): to ship")
     p.add_argument("--json", action="store_true", help="print the bundle's config.json on stdout")
     p.set_defaults(func=_export)
 
@@ -76,7 +80,7 @@ def _export(args: argparse.Namespace) -> int:
     config = write_bundle(model, vocab, args.out, image_tokenizer=image_tok, text_tokenizer=text_tok,
                           retriever=retriever,
                           memory=_default(args.memory, ckpt, "memory"), extra=extra, force=args.force,
-                          log=log)
+                          int8=args.int8, runtime_only=args.runtime_only, name=args.name, log=log)
     log(f"wrote {args.out}")
     if args.json:
         print(json.dumps(config))

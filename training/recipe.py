@@ -1,6 +1,7 @@
 """`tessera train recipe shapes`: the whole default model in one command.
 
-    image tokenizer -> text tokenizer -> retriever -> memory bank -> pretraining -> SFT -> export -> eval
+    image tokenizer -> its decoder refined -> text tokenizer -> retriever -> memory bank -> pretraining
+    -> SFT -> export
 
 Each stage is the ordinary `tessera` command it documents, run as a subprocess into its own folder
 under --out; a stage whose output exists is skipped and the two model trainings resume from their
@@ -83,8 +84,15 @@ def shapes_stages(out: Path, reuse_tokenizers: bool) -> list[Stage]:
     })
     stages = []
     if not reuse_tokenizers:
+        base = out / "vq-base"
         stages += [
-            Stage("image tokenizer", ["train", "tokenizer", "--data", "shapes", "--out", str(vq), "--resume"],
+            Stage("image tokenizer",
+                  ["train", "tokenizer", "--data", "shapes", "--out", str(base), "--resume"],
+                  base / "config.json"),
+            # a deeper decoder on the frozen codes: +2.4 dB PSNR (docs/tokenizer.md)
+            Stage("decoder refinement",
+                  ["train", "tokenizer", "--refine-decoder", str(base), "--out", str(vq), "--steps", "3000",
+                   "--lr", "1e-3", "--resume"],
                   vq / "config.json"),
             Stage("text tokenizer", ["train", "text-tokenizer", "--data", "shapes", "--out", str(text)],
                   text),
@@ -92,8 +100,10 @@ def shapes_stages(out: Path, reuse_tokenizers: bool) -> list[Stage]:
     stages += [
         Stage("retriever", ["train", "retriever", "--data", "shapes", "--out", str(out / "retriever")],
               out / "retriever" / "config.json"),
+        # the bundle's bank (pretraining builds its own from the corpus): sized for the 40 MB bundle
         Stage("memory bank", ["index", "build", "--data", "shapes", "--out", str(out / "memory"),
-                              "--retriever", str(out / "retriever"), "--image-tokenizer", str(vq)],
+                              "--retriever", str(out / "retriever"), "--image-tokenizer", str(vq),
+                              "--docs", "10000", "--storage", "fp16"],
               out / "memory" / "params.json"),
         Stage("pretraining", ["train", "pretrain", "--config", str(pretrain_cfg), "--resume"],
               out / "pretrain" / "model.safetensors"),
@@ -101,7 +111,8 @@ def shapes_stages(out: Path, reuse_tokenizers: bool) -> list[Stage]:
               out / "sft" / "model.safetensors"),
         Stage("export", ["export", str(out / "sft"), "--out", str(out / "bundle"), "--tokenizer", str(vq),
                          "--text-tokenizer", str(text), "--retriever", str(out / "retriever"),
-                         "--memory", str(out / "memory"), "--force"],
+                         "--memory", str(out / "memory"), "--force",
+                         "--runtime-only", "--no-int8", "--name", "shapes-default"],  # the 40 MB budget
               out / "bundle" / "manifest.json"),
     ]
     return stages

@@ -29,6 +29,10 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--refine-decoder", metavar="TOKENIZER", default=None,
+                   help="train only a deepened decoder of this tokenizer: codes stay the same")
+    p.add_argument("--up-blocks", type=int, default=None,
+                   help="decoder blocks beyond the encoder's (default 1; with --refine-decoder: 3)")
     p.set_defaults(func=cmd_train)
 
     p = groups["eval"].add_parser("tokenizer", help="reconstruction PSNR and codebook usage of a tokenizer")
@@ -50,8 +54,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.codebook_size < 2:
         raise BadInputError("--codebook-size must be >= 2")
     cfg = TrainConfig(data=args.data, out=args.out, steps=args.steps, batch_size=args.batch_size,
-                      lr=args.lr, seed=args.seed, threads=args.threads)
-    model = train(cfg, VQConfig(codebook_size=args.codebook_size), resume=args.resume)
+                      lr=args.lr, seed=args.seed, threads=args.threads, refine_from=args.refine_decoder)
+    up_blocks = args.up_blocks if args.up_blocks is not None else (3 if args.refine_decoder else 1)
+    vq = VQConfig(codebook_size=args.codebook_size, up_blocks=up_blocks)
+    source: dict = {}
+    if args.refine_decoder:
+        source = json.loads((Path(args.refine_decoder) / "config.json").read_text())
+        vq = VQConfig.from_dict({**source["vq"], "up_blocks": up_blocks})
+    model = train(cfg, vq, resume=args.resume)
     meta = json.loads((Path(args.out) / "checkpoint.json").read_text())
     training = {"data": args.data, "steps": meta["step"], "batch_size": cfg.batch_size,
                 "train_seconds": round(meta["train_seconds"], 1), "threads": cfg.threads}
@@ -59,6 +69,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         val = evaluate_torch(model, ShapesWorld("val", seed=args.seed).batch(range(500)))
         training["val_psnr_db"] = round(val["psnr_db"], 3)
         training["val_codebook_usage"] = round(val["codebook_usage"], 4)
+    if args.refine_decoder:  # the encoder and codebook, hence the codes, come from the source
+        training["decoder_refined_from"] = {"path": args.refine_decoder, **source.get("training", {})}
     check = export(model, args.out, {"training": training})
     print(json.dumps({"out": args.out, **training, "onnx_parity": check}))
     return 0

@@ -43,6 +43,10 @@ class TrainConfig:
     weight_decay: float = 1e-4
     grad_clip: float = 1.0  # without it, 2 of 2 runs at lr 2e-3 diverged (loss 0.1 -> 10) near step 200-600
     edge_weight: float = 0.5  # L1 on image gradients: cheap sharpness prior (no LPIPS weights offline)
+    # Decoder refinement: start from this exported tokenizer, train only the decoder (deepened to the
+    # VQConfig's up_blocks) on MSE. Encoder and codebook stay frozen, so every image keeps its codes
+    # and a transformer trained on them stays valid.
+    refine_from: str | None = None
     kmeans_batches: int = 8
     kmeans_iters: int = 10
     seed: int = 0
@@ -109,12 +113,37 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * t))
 
 
-def make_optimizer(model: VQModel, cfg: TrainConfig) -> torch.optim.AdamW:
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     # Weight decay on conv weights only, not on norms and biases. (The codebook is an EMA buffer.)
     decay = [p for p in model.parameters() if p.dim() > 1]
     rest = [p for p in model.parameters() if p.dim() <= 1]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.99))
+
+
+def deepen_decoder(model: VQModel, up_blocks: int) -> VQModel:
+    """A copy of a patch-layout tokenizer whose decoder has `up_blocks` extra residual blocks.
+
+    New blocks are appended after the existing ones with a zero second conv, so they start as the
+    identity: the copy decodes exactly like the original until it is trained."""
+    old = model.cfg
+    if old.arch != "patch":
+        raise BadInputError("decoder refinement needs a patch-layout tokenizer")
+    if up_blocks < old.up_blocks:
+        raise BadInputError(f"up_blocks {up_blocks} < the source's {old.up_blocks}: a decoder only grows")
+    new = VQModel(VQConfig.from_dict({**asdict(old), "up_blocks": up_blocks}))
+    new.encoder.load_state_dict(model.encoder.state_dict())
+    new.quantizer.load_state_dict(model.quantizer.state_dict())
+    src, dst = list(model.decoder.net), list(new.decoder.net)
+    kept = old.res_blocks + old.up_blocks
+    with torch.no_grad():
+        for i in range(1 + kept):  # the input conv and the existing blocks
+            dst[i].load_state_dict(src[i].state_dict())
+        for block in dst[1 + kept:-3]:
+            block.conv2.weight.zero_()
+            block.conv2.bias.zero_()
+        dst[-2].load_state_dict(src[-2].state_dict())  # the 1x1 conv before the pixel shuffle
+    return new
 
 
 # ---- checkpoints -----------------------------------------------------------------------------------
@@ -167,14 +196,18 @@ def train(cfg: TrainConfig, vq: VQConfig, resume: bool = False, quiet: bool = Fa
         meta = json.loads((out / "checkpoint.json").read_text())
         vq = VQConfig.from_dict(meta["vq_config"])  # the checkpoint's architecture wins
     torch.manual_seed(cfg.seed)
-    model = VQModel(vq)
-    opt = make_optimizer(model, cfg)
+    refine = cfg.refine_from is not None
+    if refine and not has_ckpt:
+        model = deepen_decoder(load_model(cfg.refine_from), vq.up_blocks)
+    else:
+        model = VQModel(vq)
+    opt = make_optimizer(model.decoder if refine else model, cfg)
     source = ImageSource(cfg.data, vq.image_size, cfg.seed)
     step, elapsed = 0, 0.0
     if has_ckpt:
         meta = load_checkpoint(out, model, opt)
         step, elapsed = meta["step"], meta["train_seconds"]
-    else:
+    elif not refine:
         with torch.no_grad():  # k-means init from the first batches, before any training
             feats = [model.encoder_features(to_tensor(source.batch(s, cfg.batch_size)))
                      for s in range(cfg.kmeans_batches)]
@@ -192,20 +225,28 @@ def train(cfg: TrainConfig, vq: VQConfig, resume: bool = False, quiet: bool = Fa
         x = to_tensor(source.batch(step, cfg.batch_size))
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
-        o = model(x)
-        loss = F.mse_loss(o.recon, x) + F.l1_loss(o.recon, x) + o.vq_loss
-        if cfg.edge_weight:
-            loss = loss + cfg.edge_weight * edge_loss(o.recon, x)
+        if refine:  # frozen codes; the decoder alone learns, on MSE (what PSNR measures)
+            codes = model.encode(x)
+            recon = model.decoder(model.quantizer.embed(codes))
+            loss = F.mse_loss(recon, x)
+        else:
+            o = model(x)
+            codes, recon = o.codes, o.recon
+            loss = F.mse_loss(recon, x) + F.l1_loss(recon, x) + o.vq_loss
+            if cfg.edge_weight:
+                loss = loss + cfg.edge_weight * edge_loss(recon, x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-        restarted = model.quantizer.restart_dead_codes(o.flat, seed=cfg.seed * 1_000_003 + step)
+        restarted = 0
+        if not refine:
+            restarted = model.quantizer.restart_dead_codes(o.flat, seed=cfg.seed * 1_000_003 + step)
         step += 1
 
-        usage += torch.bincount(o.codes.flatten(), minlength=vq.codebook_size)
+        usage += torch.bincount(codes.flatten(), minlength=vq.codebook_size)
         window["loss"] += loss.item()
-        window["psnr"] += psnr(o.recon.detach(), x).mean().item()
+        window["psnr"] += psnr(recon.detach(), x).mean().item()
         window["restarts"] += restarted
         window["n"] += 1
         bar.update(1)
@@ -235,8 +276,34 @@ def _export(module: torch.nn.Module, example: torch.Tensor, io: tuple[str, str],
         torch.onnx.export(module, (example,), tmp, input_names=[io[0]], output_names=[io[1]],
                           dynamic_shapes={io[0]: {0: batch}}, dynamo=True, external_data=False,
                           verbose=False)
+        store_weights_fp16(tmp)
 
     atomic_write(path, write)
+
+
+def store_weights_fp16(path: str | Path, min_elements: int = 1024) -> None:
+    """Store a graph's large float32 weights as float16, each behind a Cast back to float32: half the
+    file, and ONNX Runtime folds the casts once when it loads the graph. Only weights float16 holds
+    exactly are converted (`export` rounds the parameters first; constants the exporter folded, such
+    as the normalised codebook, are not exact and stay float32), so the graph computes the same."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(path))
+    casts = []
+    for init in model.graph.initializer:
+        if init.data_type != TensorProto.FLOAT or math.prod(init.dims) < min_elements:
+            continue
+        name, weights = init.name, numpy_helper.to_array(init)
+        if not np.array_equal(weights.astype(np.float16).astype(np.float32), weights):
+            continue
+        half = numpy_helper.from_array(weights.astype(np.float16), f"{name}.fp16")
+        init.CopyFrom(half)
+        casts.append(helper.make_node("Cast", [half.name], [name], to=TensorProto.FLOAT))
+    for node in reversed(casts):
+        model.graph.node.insert(0, node)
+    onnx.checker.check_model(model)
+    onnx.save_model(model, str(path))
 
 
 def export(model: VQModel, out: str | Path, extra: dict | None = None) -> dict:
