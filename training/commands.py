@@ -43,6 +43,7 @@ def _default_subcommand(parser: argparse.ArgumentParser, subcommands: argparse._
     """Let `tessera eval [BUNDLE] [options]` mean `tessera eval model [BUNDLE] [options]`: argparse
     cannot put an optional positional beside subcommands, so arguments that do not start with a
     subcommand's name are given the default one."""
+    parser.epilog = f"Without a COMMAND, the arguments go to `{parser.prog} {default}`."
     parse = parser.parse_known_args
 
     def parse_known_args(args=None, namespace=None):
