@@ -15,20 +15,18 @@ unconditional image modelling) and counted in `report["uncaptioned"]`.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from engine.errors import BadInputError
+from engine.imageio import IMAGE_EXTENSIONS, square_resize, to_rgb
+from engine.imageio import MAX_PIXELS as DEFAULT_MAX_PIXELS  # the engine's decoding path, shared
 
-DEFAULT_MAX_PIXELS = 64_000_000  # ~8000 x 8000; anything larger is treated as a decompression bomb
-IMAGE_EXTENSIONS = frozenset(ext for ext, fmt in Image.registered_extensions().items()
-                             if fmt in Image.OPEN)  # formats Pillow can read, e.g. .png .jpg .webp .tif
 CAPTION_KEYS = ("text", "caption")
 
 
@@ -59,33 +57,6 @@ def _reason(exc: BaseException) -> str:
         return f"decompression bomb: {exc}"
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return text if isinstance(exc, ValueError) else f"{type(exc).__name__}: {text}"
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Any mode -> RGB: orientation from EXIF, alpha over white, 16/32-bit scaled to 8-bit."""
-    with contextlib.suppress(Exception):  # a malformed EXIF block must not cost the image: keep it unrotated
-        img = ImageOps.exif_transpose(img)
-    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
-        a = np.asarray(img, dtype=np.float64)
-        if img.mode.startswith("I;16") or a.max(initial=0) > 255:
-            a = a / 257.0  # 16-bit range -> 8-bit
-        elif img.mode == "F" and a.max(initial=0) <= 1.0:
-            a = a * 255.0
-        img = Image.fromarray(np.clip(a + 0.5, 0, 255).astype(np.uint8), "L")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(white, rgba)
-    return img.convert("RGB")
-
-
-def square_resize(img: Image.Image, size: int) -> np.ndarray:
-    """Centre crop to a square, LANCZOS resize to size x size, as uint8 (size, size, 3)."""
-    w, h = img.size
-    s = min(w, h)
-    left, top = (w - s) // 2, (h - s) // 2
-    out = img.resize((size, size), Image.LANCZOS, box=(left, top, left + s, top + s), reducing_gap=3.0)
-    return np.asarray(out, dtype=np.uint8)
 
 
 def load_image(path: str | Path, size: int = 64, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
