@@ -21,19 +21,12 @@ CHUNK = 256  # images per ONNX call: bounds memory for big batches
 
 
 def _session(path: Path):
-    """An ONNX Runtime session, on CUDA when this onnxruntime build has it (falls back to CPU)."""
-    import onnxruntime as ort
+    """An ONNX Runtime session, on CUDA when it works there (falls back to CPU). It runs once per
+    finished row, between decode steps: with ORT's default spinning its idle pool threads kept a second
+    core busy through the whole decode (measured), so spinning is off."""
+    from engine.providers import create_session
 
-    from engine.providers import session_options
-
-    providers = ["CPUExecutionProvider"]
-    if "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
-    options = session_options()
-    # Called once per finished row, between decode steps: idle pool threads must not spin after it
-    # (measured: with ORT's default spinning they kept a second core busy through the whole decode).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=providers)
+    return create_session(path, spinning=False)[0]
 
 
 def fit_image(image: np.ndarray, size: int) -> np.ndarray:

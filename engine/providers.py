@@ -44,9 +44,12 @@ def physical_cores() -> int:
     return max(1, min(usable, len(cores) or usable))
 
 
-def session_options(threads: int | None = None) -> ort.SessionOptions:
-    """intra-op threads: `threads`, else $TESSERA_THREADS, else the physical cores."""
+def session_options(threads: int | None = None, spinning: bool = True) -> ort.SessionOptions:
+    """intra-op threads: `threads`, else $TESSERA_THREADS, else the physical cores. spinning=False for
+    sessions run now and then between other work (idle pool threads would spin on a core)."""
     so = ort.SessionOptions()
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.intra_op_num_threads = threads or int(os.environ.get("TESSERA_THREADS") or 0) or physical_cores()
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -64,6 +67,7 @@ def create_session(
     device: str = "auto",
     probe: Callable[[ort.InferenceSession], object] | None = None,
     threads: int | None = None,
+    spinning: bool = True,
 ) -> tuple[ort.InferenceSession, str]:
     """An InferenceSession and the provider it runs on ("cuda" or "cpu").
 
@@ -73,18 +77,18 @@ def create_session(
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     if device != "cpu" and CUDA in ort.get_available_providers():
-        session = _try_cuda(path, probe, threads)
+        session = _try_cuda(path, probe, threads, spinning)
         if session is not None:
             return session, "cuda"
         if device == "cuda":
             raise RuntimeError("CUDA was requested but ONNX Runtime could not run this model on it")
     elif device == "cuda":
         raise RuntimeError("CUDA was requested but this onnxruntime build has no CUDA provider")
-    return ort.InferenceSession(str(path), session_options(threads), providers=[CPU]), "cpu"
+    return ort.InferenceSession(str(path), session_options(threads, spinning), providers=[CPU]), "cpu"
 
 
-def _try_cuda(path, probe, threads) -> ort.InferenceSession | None:
-    so = session_options(threads)
+def _try_cuda(path, probe, threads, spinning) -> ort.InferenceSession | None:
+    so = session_options(threads, spinning)
     so.log_severity_level = 4  # a missing libcudnn is expected on many machines: stay quiet
     with _quiet_stderr():
         try:

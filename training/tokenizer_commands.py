@@ -56,11 +56,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(data=args.data, out=args.out, steps=args.steps, batch_size=args.batch_size,
                       lr=args.lr, seed=args.seed, threads=args.threads, refine_from=args.refine_decoder)
     up_blocks = args.up_blocks if args.up_blocks is not None else (3 if args.refine_decoder else 1)
-    vq = VQConfig(codebook_size=args.codebook_size, up_blocks=up_blocks)
-    source: dict = {}
-    if args.refine_decoder:
+    if args.refine_decoder:  # the source's architecture, with the deeper decoder
         source = json.loads((Path(args.refine_decoder) / "config.json").read_text())
         vq = VQConfig.from_dict({**source["vq"], "up_blocks": up_blocks})
+    else:
+        vq = VQConfig(codebook_size=args.codebook_size, up_blocks=up_blocks)
     model = train(cfg, vq, resume=args.resume)
     meta = json.loads((Path(args.out) / "checkpoint.json").read_text())
     training = {"data": args.data, "steps": meta["step"], "batch_size": cfg.batch_size,
