@@ -33,6 +33,9 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                    help="train only a deepened decoder of this tokenizer: codes stay the same")
     p.add_argument("--up-blocks", type=int, default=None,
                    help="decoder blocks beyond the encoder's (default 1; with --refine-decoder: 3)")
+    p.add_argument("--pixel-channels", type=int, default=None,
+                   help="width of a full-resolution decoder head (default: none, or the source's)")
+    p.add_argument("--pixel-blocks", type=int, default=None, help="residual blocks in that head (default 1)")
     p.set_defaults(func=cmd_train)
 
     p = groups["eval"].add_parser("tokenizer", help="reconstruction PSNR and codebook usage of a tokenizer")
@@ -56,11 +59,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(data=args.data, out=args.out, steps=args.steps, batch_size=args.batch_size,
                       lr=args.lr, seed=args.seed, threads=args.threads, refine_from=args.refine_decoder)
     up_blocks = args.up_blocks if args.up_blocks is not None else (3 if args.refine_decoder else 1)
+    head = {k: v for k, v in (("pixel_channels", args.pixel_channels), ("pixel_blocks", args.pixel_blocks))
+            if v is not None}
+    if any(v < 0 for v in head.values()):
+        raise BadInputError("--pixel-channels and --pixel-blocks must be >= 0")
     if args.refine_decoder:  # the source's architecture, with the deeper decoder
         source = json.loads((Path(args.refine_decoder) / "config.json").read_text())
-        vq = VQConfig.from_dict({**source["vq"], "up_blocks": up_blocks})
+        vq = VQConfig.from_dict({**source["vq"], "up_blocks": up_blocks, **head})
     else:
-        vq = VQConfig(codebook_size=args.codebook_size, up_blocks=up_blocks)
+        vq = VQConfig(codebook_size=args.codebook_size, up_blocks=up_blocks, **head)
     model = train(cfg, vq, resume=args.resume)
     meta = json.loads((Path(args.out) / "checkpoint.json").read_text())
     training = {"data": args.data, "steps": meta["step"], "batch_size": cfg.batch_size,

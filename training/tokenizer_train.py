@@ -121,17 +121,25 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.99))
 
 
-def deepen_decoder(model: VQModel, up_blocks: int) -> VQModel:
-    """A copy of a patch-layout tokenizer whose decoder has `up_blocks` extra residual blocks.
+def deepen_decoder(model: VQModel, up_blocks: int, pixel_channels: int | None = None,
+                   pixel_blocks: int | None = None) -> VQModel:
+    """A copy of a patch-layout tokenizer whose decoder has `up_blocks` residual blocks beyond the
+    encoder's and, when `pixel_channels` is set, a full-resolution head (engine/nn/vqvae.PixelHead).
 
-    New blocks are appended after the existing ones with a zero second conv, so they start as the
-    identity: the copy decodes exactly like the original until it is trained."""
+    New blocks are appended after the existing ones with a zero second conv and a new head's last conv
+    is zero, so they start as the identity: the copy decodes exactly like the original until it is
+    trained. A head the source already has is kept as it is."""
     old = model.cfg
     if old.arch != "patch":
         raise BadInputError("decoder refinement needs a patch-layout tokenizer")
     if up_blocks < old.up_blocks:
         raise BadInputError(f"up_blocks {up_blocks} < the source's {old.up_blocks}: a decoder only grows")
-    new = VQModel(VQConfig.from_dict({**asdict(old), "up_blocks": up_blocks}))
+    head = {"pixel_channels": old.pixel_channels if pixel_channels is None else pixel_channels,
+            "pixel_blocks": old.pixel_blocks if pixel_blocks is None else pixel_blocks}
+    if old.pixel_channels and (head["pixel_channels"], head["pixel_blocks"]) != (old.pixel_channels,
+                                                                                old.pixel_blocks):
+        raise BadInputError("the source decoder already has a pixel head of another shape")
+    new = VQModel(VQConfig.from_dict({**asdict(old), "up_blocks": up_blocks, **head}))
     new.encoder.load_state_dict(model.encoder.state_dict())
     new.quantizer.load_state_dict(model.quantizer.state_dict())
     src, dst = list(model.decoder.net), list(new.decoder.net)
@@ -143,6 +151,8 @@ def deepen_decoder(model: VQModel, up_blocks: int) -> VQModel:
             block.conv2.weight.zero_()
             block.conv2.bias.zero_()
         dst[-2].load_state_dict(src[-2].state_dict())  # the 1x1 conv before the pixel shuffle
+        if model.decoder.head is not None:
+            new.decoder.head.load_state_dict(model.decoder.head.state_dict())
     return new
 
 
@@ -198,7 +208,7 @@ def train(cfg: TrainConfig, vq: VQConfig, resume: bool = False, quiet: bool = Fa
     torch.manual_seed(cfg.seed)
     refine = cfg.refine_from is not None
     if refine and not has_ckpt:
-        model = deepen_decoder(load_model(cfg.refine_from), vq.up_blocks)
+        model = deepen_decoder(load_model(cfg.refine_from), vq.up_blocks, vq.pixel_channels, vq.pixel_blocks)
     else:
         model = VQModel(vq)
     opt = make_optimizer(model.decoder if refine else model, cfg)

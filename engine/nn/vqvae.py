@@ -37,6 +37,8 @@ class VQConfig:
     stem_channels: int = 32  # conv only: width at full resolution (first and last conv)
     res_blocks: int = 2  # residual blocks at the code grid, in encoder and decoder each
     up_blocks: int = 1  # extra decoder blocks (conv: after each upsampling but the last)
+    pixel_channels: int = 0  # patch only: width of the full-resolution head after the shuffle (0: none)
+    pixel_blocks: int = 1  # patch only: residual blocks in that head
     beta: float = 0.25  # commitment weight
     dead_after: int = 25  # training steps without use before a code is re-seeded
     decay: float = 0.95  # EMA decay of the codebook
@@ -96,6 +98,24 @@ class PatchEncoder(nn.Module):
         return self.net(x)
 
 
+class PixelHead(nn.Module):
+    """A residual refinement at full resolution, after the pixel shuffle. The code-grid trunk writes
+    each 8x8 patch as a linear function of its own cell's features, so an edge that crosses a cell
+    border comes out blocky; 3x3 convs on pixels see across the borders. The last conv starts at
+    zero: a new head is the identity, so it can be added to a trained decoder (decoder refinement)."""
+
+    def __init__(self, channels: int, blocks: int):
+        super().__init__()
+        self.inp = nn.Conv2d(3, channels, 3, padding=1)
+        self.blocks = nn.Sequential(*[ResBlock(channels) for _ in range(blocks)])
+        self.out = nn.Conv2d(channels, 3, 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.out(F.silu(self.blocks(self.inp(x))))
+
+
 class PatchDecoder(nn.Module):
     def __init__(self, cfg: VQConfig):
         super().__init__()
@@ -104,9 +124,11 @@ class PatchDecoder(nn.Module):
         layers += [ResBlock(c) for _ in range(cfg.res_blocks + cfg.up_blocks)]
         layers += [nn.SiLU(), nn.Conv2d(c, 3 * ds * ds, 1), nn.PixelShuffle(ds)]
         self.net = nn.Sequential(*layers)
+        self.head = PixelHead(cfg.pixel_channels, cfg.pixel_blocks) if cfg.pixel_channels else None
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z)
+        x = self.net(z)
+        return x if self.head is None else self.head(x)
 
 
 class Encoder(nn.Module):
