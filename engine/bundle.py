@@ -61,6 +61,17 @@ def _bundle_files(root: Path) -> list[str]:
     return files
 
 
+def content_digest(manifest: dict) -> str:
+    """sha256 over the hashes of every file that shapes a bundle's outputs: all but config.json, whose
+    export date changes with every export. Two trainings of a preset differ in the weights file (the
+    graphs are the same), two bundles of one training with other image decoders in image_tokenizer/;
+    either way the digest differs. "unverified" for a manifest without files."""
+    files = manifest.get("files") or {}
+    lines = sorted(f"{path}:{entry.get('sha256', '')}" for path, entry in files.items()
+                   if path != CONFIG_FILE)
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest() if lines else "unverified"
+
+
 def write_manifest(root: str | Path) -> dict:
     """Hash every file of the bundle into manifest.json (atomically). Call it last."""
     root = Path(root)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from engine import instructions
-from engine.bundle import ONNX_WEIGHTS_FILE, PREFILL_FILE, Bundle
+from engine.bundle import Bundle, content_digest
 from engine.errors import BadInputError, BundleError, UnsupportedTaskError
 from engine.events import RetrievedDocument
 from engine.formats import caption_image_doc, unconditional_image_prompt
@@ -86,12 +86,8 @@ class Engine:
         self.tasks = frozenset(t for t, needs in TASKS.items() if self.trained_tasks.intersection(needs))
         default_names = ["background", *(f"class {i}" for i in range(1, self.vocab.seg_size))]
         self.seg_class_names: tuple[str, ...] = tuple(config.get("seg_classes") or default_names)
-        # name + weights hash: two trainings of the same preset never share an id (the graphs keep their
-        # weights in weights.bin, so prefill.onnx alone is the same for every training of a preset)
-        files = bundle.manifest.get("files", {})
-        digest = files.get(ONNX_WEIGHTS_FILE, files.get(PREFILL_FILE, {})).get("sha256", "unverified")
         name = config.get("name") or bundle.root.name
-        self.model_id: str = config.get("model_id") or f"{name}-{digest[:8]}"
+        self.model_id: str = config.get("model_id") or f"{name}-{content_digest(bundle.manifest)[:8]}"
         self.provider: str = str(getattr(backend, "provider", "cpu")).upper()
         self._library = None
 

@@ -5,6 +5,7 @@ checked by the self-test test in test_gen_commands.py (every task with torch and
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 import time
 
@@ -84,18 +85,30 @@ def test_load_reports_identity(engine, tiny_bundle, tmp_path, monkeypatch):
     assert Engine.load().model_id == engine.model_id
 
 
-def test_model_id_follows_the_weights(engine, tiny_bundle, tmp_path):
+def test_model_id_follows_what_shapes_the_outputs(engine, tiny_bundle, tmp_path):
     import shutil
 
-    from engine.bundle import ONNX_WEIGHTS_FILE, write_manifest
+    from engine.bundle import CONFIG_FILE, ONNX_WEIGHTS_FILE, write_manifest
 
-    copy = tmp_path / "retrained"
-    shutil.copytree(tiny_bundle, copy)
-    weights = bytearray((copy / ONNX_WEIGHTS_FILE).read_bytes())
-    weights[-1] ^= 1  # another training of the same preset: same graphs, other weights
-    (copy / ONNX_WEIGHTS_FILE).write_bytes(bytes(weights))
-    write_manifest(copy)
-    assert Engine.load(copy).model_id != engine.model_id
+    def variant(name: str, path: str, change) -> str:
+        copy = tmp_path / name
+        shutil.copytree(tiny_bundle, copy)
+        (copy / path).write_bytes(change((copy / path).read_bytes()))
+        write_manifest(copy)
+        return Engine.load(copy).model_id
+
+    def flip_last_byte(data: bytes) -> bytes:
+        return data[:-1] + bytes([data[-1] ^ 1])
+
+    def with_key(key: str):
+        return lambda data: json.dumps({**json.loads(data), key: "x"}).encode()
+
+    # another training of the same preset: same graphs, other weights
+    assert variant("retrained", ONNX_WEIGHTS_FILE, flip_last_byte) != engine.model_id
+    # the same transformer with another image decoder draws other images
+    assert variant("redecoded", "image_tokenizer/config.json", with_key("note")) != engine.model_id
+    # a re-export of the same files differs only in config.json's export record
+    assert variant("reexported", CONFIG_FILE, with_key("exported_again")) == engine.model_id
 
 
 def test_generate_event_stream(engine):
