@@ -1,7 +1,7 @@
 """`tessera train recipe shapes`: the whole default model in one command.
 
-    image tokenizer -> its decoder refined -> text tokenizer -> retriever -> memory bank -> pretraining
-    -> SFT -> export
+    image tokenizer -> its decoder refined (deeper, then a pixel head) -> text tokenizer -> retriever
+    -> memory bank -> pretraining -> SFT -> export
 
 Each stage is the ordinary `tessera` command it documents, run as a subprocess into its own folder
 under --out; a stage whose output exists is skipped and the two model trainings resume from their
