@@ -155,6 +155,13 @@ def test_decoder_refinement_keeps_codes_and_lowers_loss(tiny_export, tmp_path, p
             deepen_decoder(load_model(tmp_path / "r"), up_blocks=4, pixel_channels=8)
 
 
+def test_pixel_head_config_is_checked():
+    with pytest.raises(ValueError, match="arch='patch'"):
+        dataclasses.replace(TINY_CONV, pixel_channels=4)
+    with pytest.raises(ValueError, match=">= 0"):
+        dataclasses.replace(TINY, pixel_channels=-1)
+
+
 # ---- export + runtime ------------------------------------------------------------------------------
 def test_onnx_export_matches_torch(tiny_export):
     out, model, check = tiny_export

@@ -61,13 +61,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     up_blocks = args.up_blocks if args.up_blocks is not None else (3 if args.refine_decoder else 1)
     head = {k: v for k, v in (("pixel_channels", args.pixel_channels), ("pixel_blocks", args.pixel_blocks))
             if v is not None}
-    if any(v < 0 for v in head.values()):
-        raise BadInputError("--pixel-channels and --pixel-blocks must be >= 0")
-    if args.refine_decoder:  # the source's architecture, with the deeper decoder
-        source = json.loads((Path(args.refine_decoder) / "config.json").read_text())
-        vq = VQConfig.from_dict({**source["vq"], "up_blocks": up_blocks, **head})
-    else:
-        vq = VQConfig(codebook_size=args.codebook_size, up_blocks=up_blocks, **head)
+    try:
+        if args.refine_decoder:  # the source's architecture, with the deeper decoder
+            source = json.loads((Path(args.refine_decoder) / "config.json").read_text())
+            vq = VQConfig.from_dict({**source["vq"], "up_blocks": up_blocks, **head})
+        else:
+            vq = VQConfig(codebook_size=args.codebook_size, up_blocks=up_blocks, **head)
+    except ValueError as e:  # VQConfig's own checks
+        raise BadInputError(str(e)) from None
     model = train(cfg, vq, resume=args.resume)
     meta = json.loads((Path(args.out) / "checkpoint.json").read_text())
     training = {"data": args.data, "steps": meta["step"], "batch_size": cfg.batch_size,

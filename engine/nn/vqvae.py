@@ -51,6 +51,10 @@ class VQConfig:
         self.channels = tuple(self.channels)
         if self.arch not in ("conv", "patch"):
             raise ValueError(f"VQConfig.arch must be 'conv' or 'patch', got {self.arch!r}")
+        if self.pixel_channels < 0 or self.pixel_blocks < 0:
+            raise ValueError("VQConfig.pixel_channels and pixel_blocks must be >= 0")
+        if self.pixel_channels and self.arch != "patch":
+            raise ValueError("VQConfig.pixel_channels (a full-resolution decoder head) needs arch='patch'")
         if self.image_size % self.downsample:
             raise ValueError(f"image_size {self.image_size} is not divisible by {self.downsample}")
 
