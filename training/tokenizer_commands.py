@@ -32,7 +32,8 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     p.add_argument("--refine-decoder", metavar="TOKENIZER", default=None,
                    help="train only a deepened decoder of this tokenizer: codes stay the same")
     p.add_argument("--up-blocks", type=int, default=None,
-                   help="decoder blocks beyond the encoder's (default 1; with --refine-decoder: 3)")
+                   help="decoder blocks beyond the encoder's (default 1; with --refine-decoder: "
+                        "3, or the source's if it has more)")
     p.add_argument("--pixel-channels", type=int, default=None,
                    help="width of a full-resolution decoder head (default: none, or the source's)")
     p.add_argument("--pixel-blocks", type=int, default=None, help="residual blocks in that head (default 1)")
@@ -58,14 +59,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise BadInputError("--codebook-size must be >= 2")
     cfg = TrainConfig(data=args.data, out=args.out, steps=args.steps, batch_size=args.batch_size,
                       lr=args.lr, seed=args.seed, threads=args.threads, refine_from=args.refine_decoder)
-    up_blocks = args.up_blocks if args.up_blocks is not None else (3 if args.refine_decoder else 1)
     head = {k: v for k, v in (("pixel_channels", args.pixel_channels), ("pixel_blocks", args.pixel_blocks))
             if v is not None}
     try:
         if args.refine_decoder:  # the source's architecture, with the deeper decoder
             source = json.loads((Path(args.refine_decoder) / "config.json").read_text())
+            # a decoder only grows: refining an already deeper one keeps its depth by default
+            deepest = max(3, source["vq"].get("up_blocks", 1))
+            up_blocks = args.up_blocks if args.up_blocks is not None else deepest
             vq = VQConfig.from_dict({**source["vq"], "up_blocks": up_blocks, **head})
         else:
+            up_blocks = args.up_blocks if args.up_blocks is not None else 1
             vq = VQConfig(codebook_size=args.codebook_size, up_blocks=up_blocks, **head)
     except ValueError as e:  # VQConfig's own checks
         raise BadInputError(str(e)) from None
