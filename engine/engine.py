@@ -30,6 +30,7 @@ from engine.errors import BadInputError, BundleError, UnsupportedTaskError
 from engine.events import RetrievedDocument
 from engine.formats import caption_image_doc, unconditional_image_prompt
 from engine.jobs import Job
+from engine.layout import check_box, layout_cells
 from engine.sampling import Argmax, guided_sampler
 from engine.tasks import (
     Request,
@@ -56,6 +57,7 @@ TASKS: dict[str, tuple[str, ...]] = {
     "edit": ("edit",),
     "segment": ("segment",),
     "ground": ("grounded",),
+    "layout": ("seg2img",),
 }
 TASK_NAMES = {
     "generate": "text-to-image generation",
@@ -65,6 +67,7 @@ TASK_NAMES = {
     "edit": "instruction editing",
     "segment": "segmentation",
     "ground": "generation from boxes",
+    "layout": "generation from a segmentation layout",
 }
 # What CM3 pretraining on caption-image documents teaches, for bundles whose config lists no tasks.
 PRETRAINED_TASKS = ("t2i", "caption_infill")
@@ -195,7 +198,7 @@ class Engine:
         """Text plus labelled boxes [(label, (x0, y0, x1, y1)) on the 0-255 grid] -> images."""
         self._require("ground")
         text = clean_text(prompt, "prompt")
-        boxes = [(clean_text(label, "box label"), tuple(box)) for label, box in boxes]
+        boxes = [check_box(clean_text(label, "box label"), box) for label, box in boxes]
         cond = instructions.prompt("grounded", self.vocab, self.text_tokenizer, text=text, boxes=boxes)
         cond = self._fits(cond, "prompt")
         sampler, guided, settings = self._image_sampler(seed, n, cfg, temperature, top_p, None, None)
@@ -204,6 +207,26 @@ class Engine:
         request = Request("ground", "image", cond, uncond, sampler, settings, n=settings["n"],
                           rerank_text=text)
         return Job(run(self, request), "ground")
+
+    def from_layout(self, layout, prompt: str = "", *, n: int = 1, seed: int | None = None,
+                    cfg: float | None = 3.0, temperature: float = 1.0, top_p: float = 0.9) -> Job:
+        """A segmentation layout (class ids, the model's grid or any larger map: engine/layout.py),
+        optionally with a caption -> images that follow it. Guidance (with a prompt only) contrasts
+        the prompt with the same layout whose caption is <mask:0>."""
+        self._require("layout")
+        text = clean_text(prompt, "prompt", allow_empty=True) or None
+        grid = layout_cells(layout, self.vocab.image_grid, self.vocab.seg_size)
+        seg = self.vocab.seg_ids(grid.reshape(-1))
+        build = instructions.prompt
+        cond = self._fits(build("seg2img", self.vocab, self.text_tokenizer, seg_ids=seg, text=text), "prompt")
+        cfg = cfg if text is not None else None  # nothing to guide towards without a prompt
+        sampler, guided, settings = self._image_sampler(seed, n, cfg, temperature, top_p, None, None)
+        settings.update(prompt=text or "", layout=grid.tolist())
+        bare = build("seg2img", self.vocab, self.text_tokenizer, seg_ids=seg)  # ends "S <break>"
+        uncond = np.concatenate([bare, [self.vocab.mask(0), self.vocab.brk]]) if guided else None
+        request = Request("layout", "image", cond, uncond, sampler, settings, n=settings["n"],
+                          rerank_text=text)
+        return Job(run(self, request), "layout")
 
     def caption(self, image, *, temperature: float | None = None, seed: int | None = None,
                 retrieve: int = 0) -> Job:

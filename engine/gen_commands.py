@@ -1,5 +1,8 @@
 """`tessera generate | caption | answer | inpaint | edit | segment | info`.
 
+`generate --layout FILE` follows a segmentation layout, `generate --box LABEL:x0,y0,x1,y1` (repeatable)
+places things in boxes (engine/layout.py reads and checks both).
+
 Results go to stdout (or one JSON object with --json), progress to stderr. Output PNGs carry their
 generation parameters (engine/pngmeta.py); `tessera info` reads them back.
 
@@ -21,25 +24,7 @@ import numpy as np
 from engine.errors import BadInputError
 from engine.events import Finished, PartialImage, Progress, Retrieved
 from engine.jobs import JobCancelledError
-
-# Overlay colours per segmentation class; class 0 (background) is left uncoloured.
-PALETTE = np.array(
-    [
-        (0, 0, 0),
-        (230, 25, 75),
-        (60, 180, 75),
-        (255, 225, 25),
-        (0, 130, 200),
-        (245, 130, 48),
-        (145, 30, 180),
-        (70, 240, 240),
-        (240, 50, 230),
-        (210, 245, 60),
-        (250, 190, 190),
-        (0, 128, 128),
-    ],
-    dtype=np.uint8,
-)
+from engine.layout import PALETTE
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -49,7 +34,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog="With -n N the candidates are written best first (re-ranked by the retriever): "
         "OUT is the best, then OUT-1.png ... OUT-{N-1}.png. Without -o: tessera-SEED.png.",
     )
-    p.add_argument("prompt")
+    p.add_argument("prompt", help='what to draw ("" with --layout: follow the layout alone)')
+    p.add_argument("--layout", type=Path, metavar="FILE",
+                   help="follow a segmentation layout: a PNG painted in the class colours, a class-id PNG "
+                   "(pixel = class, e.g. segment's OUT.classes.png) or a class grid .npy")
+    p.add_argument("--box", action="append", default=[], metavar="LABEL:x0,y0,x1,y1",
+                   help="place LABEL in a box on the 0-255 grid (repeatable), e.g. 'a red star:10,20,90,120'")
     p.add_argument("-n", type=int, default=1, help="candidates, generated as one batch (default 1)")
     p.add_argument("--seed", type=int, help="random seed (default: a random one, reported)")
     p.add_argument("-o", "--out", type=Path, help="output PNG; with -n N also OUT-1.png ... (best first)")
@@ -58,7 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-p", type=float, default=0.9)
     p.add_argument("--cdk-alpha", type=float, help="contrastive top-k alpha (with --cdk-k)")
     p.add_argument("--cdk-k", type=int, help="contrastive top-k k (with --cdk-alpha)")
-    p.add_argument("--retrieve", type=int, default=2, metavar="K", help="retrieved documents (0 = off)")
+    p.add_argument("--retrieve", type=int, metavar="K",
+                   help="retrieved documents (default 2, 0 = off; not with --layout or --box)")
     _common(p, _generate)
 
     p = sub.add_parser("caption", help="image -> caption")
@@ -185,18 +176,26 @@ def _generate(args) -> int:
         raise BadInputError(f"-n must be at least 1, got {args.n}")
     if (args.cdk_alpha is None) != (args.cdk_k is None):
         raise BadInputError("--cdk-alpha and --cdk-k go together")
+    guided = args.layout is not None or args.box
+    if args.layout is not None and args.box:
+        raise BadInputError("--layout and --box are two ways to place things: use one")
+    if guided and (args.cdk_alpha is not None or args.retrieve is not None):
+        raise BadInputError("--cdk-alpha/--cdk-k and --retrieve work with plain generation, "
+                            "not with --layout or --box")
+    from engine.layout import parse_box, read_layout
+
+    boxes = [parse_box(b) for b in args.box]  # bad boxes are refused before the model loads
     engine = _engine(args)
-    job = engine.generate(
-        args.prompt,
-        n=args.n,
-        seed=args.seed,
-        cfg=args.cfg,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        cdk_alpha=args.cdk_alpha,
-        cdk_k=args.cdk_k,
-        retrieve=args.retrieve,
-    )
+    sampling = dict(n=args.n, seed=args.seed, cfg=args.cfg, temperature=args.temperature, top_p=args.top_p)
+    if args.layout is not None:
+        layout = read_layout(args.layout, engine.vocab.seg_size)
+        job = engine.from_layout(layout, args.prompt, **sampling)
+    elif boxes:
+        job = engine.ground(args.prompt, boxes, **sampling)
+    else:
+        retrieve = 2 if args.retrieve is None else args.retrieve
+        job = engine.generate(args.prompt, cdk_alpha=args.cdk_alpha, cdk_k=args.cdk_k, retrieve=retrieve,
+                              **sampling)
     finished = _run(job, args)
     seed = finished.settings.get("seed")
     out = args.out or Path(f"tessera-{seed}.png")

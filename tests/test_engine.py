@@ -76,7 +76,7 @@ def picture(engine):
 def test_load_reports_identity(engine, tiny_bundle, tmp_path, monkeypatch):
     assert engine.model_id.startswith("tiny-random-0-") and len(engine.model_id) == len("tiny-random-0-") + 8
     assert engine.provider in ("CPU", "CUDA")
-    assert engine.tasks == {"generate", "caption", "answer", "inpaint", "edit", "segment", "ground"}
+    assert engine.tasks == {"generate", "caption", "answer", "inpaint", "edit", "segment", "ground", "layout"}
     assert engine.seg_class_names[0] == "background" and len(engine.seg_class_names) == engine.vocab.seg_size
     # None = the bundled model under assets/models/shapes
     (tmp_path / "models").mkdir()

@@ -53,7 +53,7 @@ def test_parser_generate_options():
         None,
         3.0,
         0.9,
-        2,
+        None,  # the engine's default (2) for plain generation; --layout / --box retrieve nothing
     )
 
 
