@@ -48,7 +48,8 @@ class ImageTokenizer:
         vq = config["vq"]
         self.image_size: int = int(vq["image_size"])
         self.codebook_size: int = int(vq["codebook_size"])
-        self.grid: tuple[int, int] = tuple(int(g) for g in config["grid"])
+        rows, cols = (int(g) for g in config["grid"])
+        self.grid: tuple[int, int] = (rows, cols)
         self.patch: int = self.image_size // self.grid[1]
         self._enc_io = (config["encoder"]["input"], config["encoder"]["output"])
         self._dec_io = (config["decoder"]["input"], config["decoder"]["output"])

@@ -42,7 +42,8 @@ def square_resize(img: Image.Image, size: int) -> np.ndarray:
     w, h = img.size
     s = min(w, h)
     left, top = (w - s) // 2, (h - s) // 2
-    out = img.resize((size, size), Image.LANCZOS, box=(left, top, left + s, top + s), reducing_gap=3.0)
+    box = (left, top, left + s, top + s)
+    out = img.resize((size, size), Image.Resampling.LANCZOS, box=box, reducing_gap=3.0)
     return np.asarray(out, dtype=np.uint8)
 
 

@@ -42,9 +42,7 @@ import numpy as np
 from engine.errors import BadInputError
 from engine.formats import caption_prompt
 from engine.text_tokenizer import TextTokenizer
-from engine.vocab import Vocab
-
-HOLE_MASK = 15  # <mask:15> marks a masked grid cell in an infill prompt
+from engine.vocab import HOLE_MASK, Vocab
 
 
 class Task(str, Enum):
@@ -256,7 +254,7 @@ def prompt(
     text is the caption (t2i, seg2img [optional], grounded), the question (vqa), the hint (infill,
     optional) or the edit instruction (edit). image_ids / seg_ids: H*W vocab ids (flat or (H, W)).
     boxes: [(label, (x0, y0, x1, y1))] on the 0-255 grid. region: bool (H, W) masked cells (infill)."""
-    out = []
+    out: list[np.ndarray | list[int]] = []
     for piece in _layout(as_task(task), text=text, boxes=boxes, paraphrase=paraphrase):
         if isinstance(piece, str):
             out.append(vocab.text_ids(text_tok.encode(piece)))

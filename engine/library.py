@@ -15,12 +15,14 @@ retriever is re-embedded from them, without the original files.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import faiss
@@ -96,7 +98,7 @@ class UserLibrary:
         self.folder = Path(folder)
         self.embedder, self.thumb_size = embedder, int(thumb_size)
         self.entries: dict[int, Entry] = {}
-        self.index = faiss.IndexIDMap2(faiss.IndexFlatIP(embedder.dim))
+        self.index: faiss.Index = faiss.IndexIDMap2(faiss.IndexFlatIP(embedder.dim))
         self._next_id = 1
         self._lock = threading.RLock()
         if (self.folder / LIBRARY_FILE).is_file():
@@ -175,8 +177,7 @@ class UserLibrary:
             if not new:
                 return report
             for entry, thumb in new:  # thumbnails first: library.npz, written last, commits the add
-                atomic_write(self._thumb_path(entry.id),
-                             lambda tmp, t=thumb: Image.fromarray(t).save(tmp, format="PNG"))
+                atomic_write(self._thumb_path(entry.id), partial(_write_png, thumb))
             vecs = document_embeddings(self.embedder, [e.caption for e, _ in new], [t for _, t in new])
             self.index.add_with_ids(vecs, np.array([e.id for e, _ in new], dtype=np.int64))
             for entry, _ in new:
@@ -191,7 +192,7 @@ class UserLibrary:
             ids = [int(i) for i in ids if int(i) in self.entries]
             if not ids:
                 return 0
-            self.index.remove_ids(np.array(ids, dtype=np.int64))
+            self.index.remove_ids(np.array(ids, dtype=np.int64))  # type: ignore[arg-type]  # faiss wraps it
             for i in ids:
                 del self.entries[i]
             self._save()
@@ -213,7 +214,7 @@ class UserLibrary:
     def document(self, entry_id: int) -> tuple[str | None, np.ndarray]:
         return self.entries[int(entry_id)].caption, self.image(entry_id)
 
-    def candidates(self, query_vecs: np.ndarray, depth: int) -> list[Candidates]:
+    def candidates(self, query_vecs: np.ndarray, depth: int) -> builtins.list[Candidates]:
         """Nearest entries per query, in the form `engine.memory.retrieve` merges across sources."""
         with self._lock:
             q = np.ascontiguousarray(query_vecs, dtype=np.float32).reshape(-1, self.embedder.dim)
@@ -228,7 +229,11 @@ class UserLibrary:
                 out.append(Candidates(d.astype(np.int64), s[keep], vecs, multi))
             return out
 
-    def search(self, query_vecs: np.ndarray, k: int = 4) -> list[list[tuple[int, float]]]:
+    def search(self, query_vecs: np.ndarray, k: int = 4) -> builtins.list[builtins.list[tuple[int, float]]]:
         """Plain nearest entries (no selection rules): up to k (entry id, cosine) per query."""
         found = self.candidates(query_vecs, k)
         return [list(zip(c.ids.tolist(), c.scores.tolist(), strict=True)) for c in found]
+
+
+def _write_png(image: np.ndarray, path: str) -> None:
+    Image.fromarray(image).save(path, format="PNG")

@@ -16,6 +16,7 @@ import json
 from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import cast
 
 import faiss
 import numpy as np
@@ -93,6 +94,7 @@ def make_index(vecs: np.ndarray, spec: IndexSpec, seed: int = 0) -> tuple[faiss.
     count, dim = vecs.shape
     kind = spec.resolve(count)
     params: dict = {"kind": kind, "storage": spec.storage}
+    index: faiss.Index
     if kind == "flat" and spec.storage == "fp16":
         index = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
         params["description"] = "SQfp16 (exact search over float16 vectors)"
@@ -101,23 +103,23 @@ def make_index(vecs: np.ndarray, spec: IndexSpec, seed: int = 0) -> tuple[faiss.
         params["description"] = "Flat (exact)"
     elif kind == "hnsw":
         h = spec.hnsw
-        index = faiss.IndexHNSWFlat(dim, h.M, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = h.ef_construction
-        index.hnsw.efSearch = h.ef_search
+        index = hnsw = faiss.IndexHNSWFlat(dim, h.M, faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efConstruction = h.ef_construction
+        hnsw.hnsw.efSearch = h.ef_search
         params["hnsw"] = asdict(h)
         params["description"] = f"HNSW{h.M},Flat efConstruction={h.ef_construction} efSearch={h.ef_search}"
     else:
         v = spec.ivf
         nlist = v.nlist or max(1, min(count // 39, int(4 * np.sqrt(count))))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index = ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
         sample = min(count, v.train_per_list * nlist)
-        index.train(vecs[np.sort(np.random.default_rng(seed).choice(count, sample, replace=False))])
-        index.nprobe = v.nprobe
+        ivf.train(vecs[np.sort(np.random.default_rng(seed).choice(count, sample, replace=False))])
+        ivf.nprobe = v.nprobe
         params["ivf"] = {**asdict(v), "nlist": nlist}
         params["description"] = f"IVF{nlist},Flat nprobe={v.nprobe}"
     index.add(vecs)
     if kind == "ivf":
-        index.make_direct_map()  # reconstruct() for the diversity rule
+        ivf.make_direct_map()  # reconstruct() for the diversity rule
     return index, params
 
 
@@ -129,14 +131,15 @@ class DocumentTable:
     codes: np.ndarray  # (N, L) int16; rows of documents without an image are -1
     has_text: np.ndarray  # (N,) bool
     has_image: np.ndarray  # (N,) bool
-    ids: np.ndarray | None = None  # (N,) int64 stable document ids; defaults to 0..N-1
+    ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (N,) int64 stable ids;
+    # none given: 0..N-1
 
     def __post_init__(self) -> None:
         n = len(self.texts)
         self.codes = np.asarray(self.codes, dtype=np.int16).reshape(n, -1)
         self.has_text = np.asarray(self.has_text, dtype=bool).reshape(n)
         self.has_image = np.asarray(self.has_image, dtype=bool).reshape(n)
-        self.ids = np.arange(n, dtype=np.int64) if self.ids is None else np.asarray(self.ids, np.int64)
+        self.ids = np.asarray(self.ids, np.int64) if len(self.ids) else np.arange(n, dtype=np.int64)
         if self.ids.shape != (n,) or len(np.unique(self.ids)) != n:
             raise BadInputError("document ids must be unique, one per document")
 
@@ -250,9 +253,9 @@ class MemoryBank:
         if index.ntotal != params["count"] or index.d != params["dim"]:
             raise BundleError(f"memory bank {folder}: index does not match params.json (interrupted write?)")
         if params["kind"] == "hnsw":  # search-time settings are not part of the index file
-            index.hnsw.efSearch = params["hnsw"]["ef_search"]
+            cast(faiss.IndexHNSWFlat, index).hnsw.efSearch = params["hnsw"]["ef_search"]
         elif params["kind"] == "ivf":
-            index.nprobe = params["ivf"]["nprobe"]
+            cast(faiss.IndexIVFFlat, index).nprobe = params["ivf"]["nprobe"]
         return cls(index, DocumentTable.load(folder / TABLE_FILE), params)
 
     # -- queries ----------------------------------------------------------------------------
@@ -338,7 +341,7 @@ def retrieve(sources: Sequence[tuple[str, MemoryBank]], query_vecs: np.ndarray, 
     while len(todo):
         per_source = [(name, src.candidates(q[todo], depth)) for name, src in sources if len(src)]
         short = []
-        for row, qi in enumerate(todo):
+        for row, qi in enumerate(todo.tolist()):
             names, cand = _merge([(name, cands[row]) for name, cands in per_source], exclude[qi])
             chosen = select(cand.scores, cand.vectors, cand.multimodal, k, rules)
             results[qi] = [(names[i], int(cand.ids[i]), float(cand.scores[i])) for i in chosen]

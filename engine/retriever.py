@@ -210,9 +210,9 @@ def document_embeddings(embedder: Embedder, texts: Sequence[str | None],
     has_i = [i for i, im in enumerate(images) if im is not None]
     out = np.zeros((n, embedder.dim), np.float32)
     if has_t:
-        out[has_t] += embedder.embed_texts([texts[i] for i in has_t])
+        out[has_t] += embedder.embed_texts([t for t in texts if t])
     if has_i:
-        out[has_i] += embedder.embed_images(np.stack([images[i] for i in has_i]))
+        out[has_i] += embedder.embed_images(np.stack([im for im in images if im is not None]))
     empty = np.flatnonzero(np.linalg.norm(out, axis=1) == 0)
     if len(empty):
         raise BadInputError(f"document {int(empty[0])} has neither text nor image")

@@ -181,10 +181,11 @@ def forced_image_span(
 def _seg(engine: Engine, job: Job, req: Request, cond):
     vocab = engine.vocab
     t0 = time.perf_counter()
-    last = None
+    last: Step | None = None
     for step in seg_span(start(engine.backend, cond, None, 1), vocab, req.sampler):
         yield Progress(job.id, step.done, step.total, _rate(step.done, t0))
         last = step
+    assert last is not None
     grid = vocab.to_classes(last.tokens[0]).reshape(vocab.image_grid)
     return [Candidate(segmentation=grid)]
 
@@ -193,10 +194,11 @@ def _text(engine: Engine, job: Job, req: Request, cond):
     vocab = engine.vocab
     t0 = time.perf_counter()
     stream = start(engine.backend, cond, None, req.n)
-    last = None
+    last: Step | None = None
     for step in text_span(stream, vocab, req.sampler, req.max_text_tokens):
         yield Progress(job.id, step.done, step.total, _rate(step.done, t0))
         last = step
+    assert last is not None
     decode = engine.text_tokenizer.decode
     return [Candidate(text=decode(vocab.to_bpe(ids)).strip()) for ids in text_results(last.tokens, vocab)]
 

@@ -50,20 +50,22 @@ def test_init_follows_cm3leon():
 
 
 def test_zero_initialised_model_trains_every_weight():
+    """Behaviour, not one machine's numerics: from the zero head's uniform start, every weight moves and a
+    fixed batch repeated is overfit to a quarter of its starting loss (~110 steps here; the cap is 400)."""
     torch.manual_seed(0)
     model = Transformer(get_preset("tiny"))
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     ids = torch.randint(0, 256, (4, 32))
-    losses = []
-    for _ in range(20):
+    losses: list[float] = []
+    while len(losses) < 400 and (not losses or losses[-1] > losses[0] / 4):
         _, loss = model(ids[:, :-1], targets=ids[:, 1:])
         loss.backward()
         opt.step()
         opt.zero_grad()
         losses.append(loss.item())
     assert losses[0] == pytest.approx(torch.log(torch.tensor(256.0)).item(), abs=1e-4)  # zero head: uniform
-    assert losses[-1] < losses[0] - 1.0
+    assert losses[-1] <= losses[0] / 4, f"not overfit in {len(losses)} steps: {losses[0]:.3f} -> {losses[-1]:.3f}"
     unchanged = [n for n, p in model.named_parameters() if torch.equal(p, start[n])]
     assert not unchanged, f"never updated: {unchanged}"
 

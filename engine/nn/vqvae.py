@@ -113,8 +113,8 @@ class PixelHead(nn.Module):
         self.inp = nn.Conv2d(3, channels, 3, padding=1)
         self.blocks = nn.Sequential(*[ResBlock(channels) for _ in range(blocks)])
         self.out = nn.Conv2d(channels, 3, 3, padding=1)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        for p in self.out.parameters():  # weight and bias
+            nn.init.zeros_(p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.out(F.silu(self.blocks(self.inp(x))))
@@ -179,6 +179,11 @@ class QuantOut:
 
 class Quantizer(nn.Module):
     """Cosine-similarity VQ with an EMA codebook (unit vectors), commitment loss, straight-through."""
+
+    codebook: torch.Tensor
+    embed_sum: torch.Tensor
+    last_used: torch.Tensor
+    steps: torch.Tensor
 
     def __init__(self, codebook_size: int, code_dim: int, beta: float, dead_after: int, decay: float):
         super().__init__()
