@@ -217,7 +217,13 @@ class Bundle:
             raise BundleError(f"{self.root} has no {precision} graphs (export them with `tessera export`)")
         prefill, decode = (self.root / f for f in GRAPHS[precision])
         return OnnxBackend(prefill, decode, int(self.model_config["vocab_size"]), self.max_len,
-                           device=device, threads=threads)
+                           device=device, threads=threads, grid=self.grid_cells())
+
+    def grid_cells(self):
+        """The cells a model with a grid takes beside its ids (engine.backends.GridCells), else None."""
+        from engine.backends import GridCells
+
+        return GridCells.of(self.vocab) if int(self.model_config.get("grid_rows", 0)) else None
 
     def torch_backend(self, max_batch: int = 16):
         """The torch reference backend over model.safetensors (needs torch: development only)."""
@@ -230,4 +236,4 @@ class Bundle:
             raise BundleError(f"{self.root} has no {WEIGHTS_FILE}: the torch backend needs it")
         model = Transformer(ModelConfig.from_dict(self.model_config))
         model.load_state_dict(load_file(str(self.weights_path)))
-        return TorchBackend(model, max_batch=max_batch)
+        return TorchBackend(model, max_batch=max_batch, grid=self.grid_cells())

@@ -189,6 +189,22 @@ def loss_weights(vocab: Vocab, targets) -> np.ndarray:
     return ((targets != vocab.pad) & ~vocab.is_mask(targets)).astype(np.float32)
 
 
+# -- grid cells ------------------------------------------------------------------------------------
+def grid_cells(is_grid: np.ndarray, ids, cells_per_image: int, last: np.ndarray | None = None) -> np.ndarray:
+    """(B, T) int64: the grid cell 1..H*W of every grid token (Vocab.is_grid), counted along its run of
+    consecutive grid tokens in raster order (a run longer than H*W starts a new image), 0 for every other
+    token. is_grid: bool lookup over the vocabulary. last (B,): the cell of the token just before
+    ids[:, 0], when decoding continues a sequence (0 = not a grid token)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    grid = is_grid[ids]
+    index = np.arange(1, ids.shape[-1] + 1)
+    last_other = np.maximum.accumulate(np.where(grid, 0, index), axis=-1)
+    run = index - last_other
+    if last is not None:  # no other token yet: the run started before ids
+        run = np.where(last_other == 0, run + np.asarray(last, np.int64)[:, None], run)
+    return np.where(grid, (run - 1) % cells_per_image + 1, 0)
+
+
 # -- prompts for the engine --------------------------------------------------------------------
 def text_to_image_prompt(vocab: Vocab, text_ids) -> np.ndarray:
     """`<eos> T <break>`; the model then writes exactly H*W image ids."""

@@ -22,6 +22,7 @@ import numpy as np
 from engine.errors import BadInputError, BundleError
 
 NUM_MASKS = 16
+HOLE_MASK = 15  # <mask:15> stands for a masked grid cell in an infill prompt (engine/instructions.py)
 SPECIAL_NAMES = ("<pad>", "<eos>", "<break>", *(f"<mask:{i}>" for i in range(NUM_MASKS)), "<infill>")
 
 
@@ -91,6 +92,11 @@ class Vocab:
     def is_seg(self, ids: np.ndarray | int) -> np.ndarray | bool:
         ids = np.asarray(ids)
         return (ids >= self.seg_offset) & (ids < self.size)
+
+    def is_grid(self, ids: np.ndarray | int) -> np.ndarray | bool:
+        """Tokens that fill one grid cell: image codes, segmentation classes and the infill hole."""
+        ids = np.asarray(ids)
+        return (ids >= self.image_offset) & (ids < self.size) | (ids == self.mask(HOLE_MASK))
 
     # -- conversions (each validates its input range) ---------------------------------------
     def text_ids(self, bpe_ids: Iterable[int]) -> np.ndarray:

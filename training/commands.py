@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "training.eval_commands",
     "training.sft_commands",
     "training.recipe",
+    "training.learn_commands",
 )
 
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import engine.nn.transformer as transformer_module
-from engine.backends import OnnxBackend, graph_names, padded_step
+from engine.backends import GridCells, OnnxBackend, cells_of, graph_names, padded_step
 from engine.bundle import (
     BUNDLE_FORMAT,
     CONFIG_FILE,
@@ -52,19 +52,26 @@ PARITY_TOLERANCE = 1e-3  # max |Δlogit| accepted between ONNX Runtime and torch
 
 
 class _Prefill(nn.Module):
+    """inputs: ids, n_pad[, cell] (a model with a grid takes the cells)."""
+
     def __init__(self, model: Transformer):
         super().__init__()
-        self.model = model
+        self.model, self.heads = model, 3 if model.config.grid_rows else 2
 
-    def forward(self, ids, n_pad):
-        logits, ks, vs = padded_step(self.model, ids, n_pad)
+    def forward(self, *inputs):
+        ids, n_pad, cells = (*inputs, None) if self.heads == 2 else inputs
+        logits, ks, vs = padded_step(self.model, ids, n_pad, cells)
         return logits, *ks, *vs
 
 
 class _Decode(_Prefill):
-    def forward(self, ids, n_pad, *past):
+    """inputs: ids, n_pad[, cell], past_k.*, past_v.*"""
+
+    def forward(self, *inputs):
+        head, past = inputs[: self.heads], inputs[self.heads :]
+        ids, n_pad, cells = (*head, None) if self.heads == 2 else head
         n = len(past) // 2
-        logits, ks, vs = padded_step(self.model, ids, n_pad, past[:n], past[n:])
+        logits, ks, vs = padded_step(self.model, ids, n_pad, cells, past[:n], past[n:])
         return logits, *ks, *vs
 
 
@@ -86,17 +93,23 @@ def export_transformer(model: Transformer, out_dir: str | Path, int8: bool = Tru
     model = model.eval().float()
     c = model.config
     out_dir = Path(out_dir)
-    names = graph_names(c.n_layer)
+    grid = bool(c.grid_rows)
+    names = graph_names(c.n_layer, cells=grid)
     ids = torch.randint(0, c.vocab_size, (2, 5))
     n_pad = torch.tensor([0, 2])
-    axes = {"ids": {0: "batch", 1: "tokens"}, "n_pad": {0: "batch"}, "logits": {0: "batch"}}
+    cells = torch.tensor([[0, 1, 2, 3, 4], [0, 0, 0, 1, 2]])
+    head = (ids, n_pad, cells) if grid else (ids, n_pad)
+    n_head = len(head)
+    axes = {"ids": {0: "batch", 1: "tokens"}, "n_pad": {0: "batch"}, "logits": {0: "batch"},
+            "cell": {0: "batch", 1: "tokens"}}
     axes |= {name: {0: "batch", 2: "cache"} for name in names["outputs"][1:]}
-    axes |= {name: {0: "batch", 2: "past"} for name in names["decode_inputs"][2:]}
+    axes |= {name: {0: "batch", 2: "past"} for name in names["decode_inputs"][n_head:]}
     with torch.no_grad(), _static_layer_norm(c.d_model), warnings_off():
-        _, pk, pv = padded_step(model, ids, n_pad)
+        _, pk, pv = padded_step(model, ids, n_pad, cells if grid else None)
+        step_head = tuple(t[:, :1] if t.dim() == 2 else t for t in head)
         graphs = [
-            (_Prefill(model), (ids, n_pad), names["prefill_inputs"], out_dir / PREFILL_FILE),
-            (_Decode(model), (ids[:, :1], n_pad, *pk, *pv), names["decode_inputs"], out_dir / DECODE_FILE),
+            (_Prefill(model), head, names["prefill_inputs"], out_dir / PREFILL_FILE),
+            (_Decode(model), (*step_head, *pk, *pv), names["decode_inputs"], out_dir / DECODE_FILE),
         ]
         for module, args, inputs, path in graphs:
             used = {k: v for k, v in axes.items() if k in inputs or k in names["outputs"]}
@@ -172,21 +185,27 @@ def warnings_off():
 
 
 def parity(model: Transformer, bundle_dir: str | Path, precision: str = "fp32", seed: int = 0,
-           steps: int = 4) -> float:
+           steps: int = 4, grid: GridCells | None = None) -> float:
     """max |Δlogit| between ONNX Runtime (padded batch, prefill + decode steps) and the model's own
-    torch forward over each unpadded sequence."""
+    torch forward over each unpadded sequence. grid: the vocabulary's cells (a model with a grid);
+    the prompts then hold runs of grid tokens long enough to cross image rows."""
     c = model.config
     rng = np.random.default_rng(seed)
     lengths = [min(c.max_seq_len - steps, n) for n in (7, 3, 1)]
     prompts = [rng.integers(0, c.vocab_size, n) for n in lengths]
+    if grid is not None:
+        grid_ids = np.flatnonzero(grid.is_grid)
+        prompts[0] = np.concatenate([prompts[0][:1], rng.choice(grid_ids, c.grid_cols + 2)])
     prefill, decode = (Path(bundle_dir) / f for f in GRAPHS[precision])
-    backend = OnnxBackend(prefill, decode, c.vocab_size, c.max_seq_len, device="cpu")
+    backend = OnnxBackend(prefill, decode, c.vocab_size, c.max_seq_len, device="cpu", grid=grid)
     ids, n_pad = left_pad(prompts)
     logits, state = backend.prefill(ids, n_pad)
     got = [logits]
     seqs = [list(p) for p in prompts]
-    for _ in range(steps):
+    for k in range(steps):
         nxt = rng.integers(0, c.vocab_size, len(prompts))
+        if grid is not None and k % 2 == 0:
+            nxt[0] = rng.choice(np.flatnonzero(grid.is_grid))
         for s, t in zip(seqs, nxt, strict=True):
             s.append(int(t))
         logits, state = backend.decode(nxt[:, None], state)
@@ -194,7 +213,8 @@ def parity(model: Transformer, bundle_dir: str | Path, precision: str = "fp32", 
     worst = 0.0
     with torch.no_grad():
         for i, s in enumerate(seqs):
-            ref, _ = model(torch.tensor([s]))
+            cells = torch.from_numpy(cells_of(grid, np.array([s]))) if grid is not None else None
+            ref, _ = model(torch.tensor([s]), cells=cells)
             ref = ref[0, len(prompts[i]) - 1:].numpy()  # positions whose logits the backend returned
             mine = np.stack([g[i] for g in got])
             worst = max(worst, float(np.abs(ref - mine).max()))
@@ -268,8 +288,9 @@ def write_bundle(
     try:
         t0 = time.perf_counter()
         export_transformer(model, stage, int8=int8)
-        diff = parity(model, stage)
-        diff_int8 = parity(model, stage, "int8") if int8 else None
+        grid = GridCells.of(vocab) if model.config.grid_rows else None
+        diff = parity(model, stage, grid=grid)
+        diff_int8 = parity(model, stage, "int8", grid=grid) if int8 else None
         log(f"exported the transformer in {time.perf_counter() - t0:.1f} s; max |Δlogit| vs torch: "
             f"{diff:.2e} (float32)" + (f", {diff_int8:.2e} (int8 weights)" if int8 else ""))
         if diff > PARITY_TOLERANCE:
@@ -334,8 +355,8 @@ TINY_IMAGE_SIZE = 16  # 16 px, 4x4 codes: small enough for a test to generate im
 
 def build_tiny_bundle(path: str | Path, seed: int = 0, extra: dict | None = None) -> Path:
     """A complete bundle with random weights, every component real but tiny: transformer (preset
-    "tiny"), VQ tokenizer (16 px, 4x4 grid, 32 codes), byte-level BPE (~300 ids), bi-encoder
-    retriever and a memory bank of 8 Shapes World documents. Deterministic for a seed."""
+    "tiny" with cell embeddings), VQ tokenizer (16 px, 4x4 grid, 32 codes), byte-level BPE (~300 ids),
+    bi-encoder retriever and a memory bank of 8 Shapes World documents. Deterministic for a seed."""
     from engine.memory import DocumentTable, MemoryBank
     from engine.nn.retriever import BiEncoder, RetrieverConfig
     from engine.nn.transformer import get_preset
@@ -369,7 +390,8 @@ def build_tiny_bundle(path: str | Path, seed: int = 0, extra: dict | None = None
         MemoryBank.build(embeddings, table).save(tmp / "memory")
 
         vocab = Vocab(text_tok.size, vq.cfg.codebook_size, len(SEG_CLASSES), vq.cfg.grid)
-        model = Transformer(get_preset("tiny", vocab_size=vocab.size))
+        h, w = vocab.image_grid  # cell embeddings, as the default model has (engine/nn/transformer.py)
+        model = Transformer(get_preset("tiny", vocab_size=vocab.size, grid_rows=h, grid_cols=w))
         # random but not degenerate: the model's own init zeroes the output layers (all logits 0)
         for name, p in model.named_parameters():
             nn.init.normal_(p, std=0.2 if name == "lm_head.weight" else 0.02)

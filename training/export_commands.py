@@ -87,21 +87,22 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench_module():
-    """bench/ sits beside the packages in a source checkout (it is not installed): load it by path."""
+def bench_module(name: str):
+    """bench/NAME.py: bench/ sits beside the packages in a source checkout (it is not installed), so
+    it is loaded by path."""
     import importlib.util
 
-    path = Path(__file__).resolve().parent.parent / "bench" / "decode.py"
+    path = Path(__file__).resolve().parent.parent / "bench" / f"{name}.py"
     if not path.is_file():
         raise BadInputError(f"the benchmarks are not part of this installation ({path} is missing)")
-    spec = importlib.util.spec_from_file_location("tessera_bench_decode", path)
+    spec = importlib.util.spec_from_file_location(f"tessera_bench_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def _bench(args: argparse.Namespace) -> int:
-    result = _bench_module().run(repeats=args.repeats, threads=args.threads, bundle=args.bundle,
+    result = bench_module("decode").run(repeats=args.repeats, threads=args.threads, bundle=args.bundle,
                                  preset=args.preset, log=lambda msg: print(msg, file=sys.stderr))
     text = json.dumps(result, indent=None if args.json else 2)
     if args.out:

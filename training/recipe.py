@@ -1,7 +1,13 @@
 """`tessera train recipe shapes`: the whole default model in one command.
 
     image tokenizer -> its decoder refined (deeper, then a pixel head) -> text tokenizer -> retriever
-    -> memory bank -> pretraining -> SFT -> export
+    -> memory bank -> multi-task training (from scratch) -> export
+
+There is no retrieval-augmented pretraining stage: at equal compute it cost 0.88 nats on this scale
+(docs/retrieval.md), and the multi-task stage trains text->image and captioning directly, with the
+loss on each task's output (docs/benchmarks.md, "Learning efficiency"). `tessera train pretrain
+--config recipes/shapes.toml` still runs it. The retriever and its memory bank stay in the bundle:
+they re-rank candidates and serve the artist's reference library.
 
 Each stage is the ordinary `tessera` command it documents, run as a subprocess into its own folder
 under --out; a stage whose output exists is skipped and the two model trainings resume from their
@@ -73,13 +79,8 @@ def shapes_stages(out: Path, reuse_tokenizers: bool) -> list[Stage]:
         vq, text = default_image_tokenizer_dir(), default_text_tokenizer_path()
     else:
         vq, text = out / "vq", out / "text" / "tokenizer.json"
-    paths = {"image_tokenizer": str(vq), "text_tokenizer": str(text), "retriever": str(out / "retriever")}
-    pretrain_cfg = write_recipe(RECIPES_DIR / "shapes.toml", out / "pretrain.toml", {
-        "run": {"out_dir": str(out / "pretrain")},
-        "data": {**paths, "cache_dir": str(out / "corpus")},
-    })
     sft_cfg = write_recipe(RECIPES_DIR / "shapes-sft.toml", out / "sft.toml", {
-        "run": {"out_dir": str(out / "sft")},
+        "run": {"out_dir": str(out / "sft"), "threads": 2},
         "data": {"image_tokenizer": str(vq), "text_tokenizer": str(text)},
     })
     stages = []
@@ -109,9 +110,7 @@ def shapes_stages(out: Path, reuse_tokenizers: bool) -> list[Stage]:
                               "--retriever", str(out / "retriever"), "--image-tokenizer", str(vq),
                               "--docs", "10000", "--storage", "fp16"],
               out / "memory" / "params.json"),
-        Stage("pretraining", ["train", "pretrain", "--config", str(pretrain_cfg), "--resume"],
-              out / "pretrain" / "model.safetensors"),
-        Stage("sft", ["train", "sft", "--from", str(out / "pretrain"), "--config", str(sft_cfg), "--resume"],
+        Stage("multi-task training", ["train", "sft", "--config", str(sft_cfg), "--resume"],
               out / "sft" / "model.safetensors"),
         Stage("export", ["export", str(out / "sft"), "--out", str(out / "bundle"), "--tokenizer", str(vq),
                          "--text-tokenizer", str(text), "--retriever", str(out / "retriever"),

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from engine.backends import GridCells
 from engine.errors import BadInputError
 from engine.io import atomic_write_text
 from engine.nn.transformer import ModelConfig, Transformer, count_params, flops_per_token, get_preset
@@ -112,6 +113,10 @@ class Trainer:
         self.step = 0
         b = cfg.batch
         self.tokens_per_step = b.micro_batch * b.grad_accum * b.seq_len * self.info.world_size
+        vocab = getattr(self.source, "vocab", None)
+        self.grid = GridCells.of(vocab) if self.model_config.grid_rows else None
+        self.pad_id = vocab.pad if vocab is not None else None
+        self.counts = {"real_tokens": 0, "loss_tokens": 0.0}  # cumulative over the run, all ranks
 
     # -- one step -------------------------------------------------------------------------
     def _autocast(self):
@@ -122,27 +127,39 @@ class Trainer:
     def _tensor(self, a: np.ndarray, dtype=None) -> torch.Tensor:
         return torch.from_numpy(a).to(self.info.device, dtype=dtype, non_blocking=True)
 
+    def _inputs(self, batch: tuple) -> dict[str, torch.Tensor]:
+        """A source's (inputs, targets, weights[, doc_ids]) as the model's keyword arguments."""
+        x, y, w = batch[:3]
+        kw = {"ids": self._tensor(x), "targets": self._tensor(y), "loss_weights": self._tensor(w)}
+        if len(batch) > 3:  # packed documents kept apart (positions restart, attention stays inside)
+            kw["doc_ids"] = self._tensor(batch[3])
+        if self.grid is not None:
+            kw["cells"] = self._tensor(self.grid(x))
+        return kw
+
     def forward_backward(self, step: int) -> float:
         """Accumulate the gradients of update `step` (1-based); returns the global-batch loss."""
         b, info = self.cfg.batch, self.info
         micro = [
             self.source.batch(step, m, info.rank, info.world_size, b.micro_batch) for m in range(b.grad_accum)
         ]
-        for x, _, _ in micro:
+        for x, *_ in micro:
             if x.shape != (b.micro_batch, b.seq_len):
                 raise BadInputError(
                     f"data source gave a batch of shape {x.shape}, expected {(b.micro_batch, b.seq_len)}"
                 )
-        local_w = torch.tensor(sum(float(w.sum(dtype=np.float64)) for _, _, w in micro), dtype=torch.float64)
-        total_w = float(parallel.all_reduce_sum(local_w.to(info.device), info).item())
+        counts = [sum(float(m[2].sum(dtype=np.float64)) for m in micro),
+                  sum(float((m[0] != self.pad_id).sum()) for m in micro) if self.pad_id is not None else 0.0]
+        totals = parallel.all_reduce_sum(torch.tensor(counts, dtype=torch.float64).to(info.device), info)
+        total_w, real = float(totals[0]), int(totals[1])
+        self.counts["real_tokens"] += real if self.pad_id is not None else self.tokens_per_step
+        self.counts["loss_tokens"] += total_w
         norm = max(total_w, 1e-8)
         loss_sum = torch.zeros((), dtype=torch.float64, device=info.device)
         self.model.train()
-        for m, (x, y, w) in enumerate(micro):
+        for m, batch in enumerate(micro):
             with parallel.gradient_sync(self.model, sync=m == b.grad_accum - 1), self._autocast():
-                _, loss = self.model(
-                    self._tensor(x), targets=self._tensor(y), loss_weights=self._tensor(w), loss_norm=norm
-                )
+                _, loss = self.model(**self._inputs(batch), loss_norm=norm)
             # the wrappers average gradients over ranks: scale back up to a sum (see training/parallel.py)
             (loss * info.world_size).backward()
             loss_sum += loss.detach().double()
@@ -168,11 +185,10 @@ class Trainer:
         self.model.eval()
         totals = torch.zeros(2, dtype=torch.float64, device=info.device)
         for i in range(self.cfg.run.eval_batches):
-            x, y, w = self.val_source.batch(i, 0, info.rank, info.world_size, b.micro_batch)
+            batch = self.val_source.batch(i, 0, info.rank, info.world_size, b.micro_batch)
+            w = batch[2]
             with self._autocast():
-                _, loss = self.model(
-                    self._tensor(x), targets=self._tensor(y), loss_weights=self._tensor(w), loss_norm=1.0
-                )
+                _, loss = self.model(**self._inputs(batch), loss_norm=1.0)
             totals += torch.stack(
                 [loss.double(), torch.tensor(float(w.sum(dtype=np.float64)), device=info.device)]
             )
@@ -199,7 +215,7 @@ class Trainer:
                 self.step,
                 model_state,
                 optim_state,
-                self.run_info(),
+                {**self.run_info(), "counts": self.counts},
                 keep=self.cfg.run.keep_ckpts,
             )
 
@@ -214,12 +230,14 @@ class Trainer:
             )
         parallel.set_state(self.model, self.optimizer, model_state, optim_state)
         self.step = int(state["step"])
+        self.counts = dict(state.get("counts", self.counts))
         return True
 
     def export(self, val_loss: float | None) -> None:
         model_state, _ = parallel.get_state(self.model, self.optimizer)
         if self.info.is_main:
-            summary = {"step": self.step, "tokens": self.step * self.tokens_per_step, "val_loss": val_loss}
+            summary = {"step": self.step, "tokens": self.step * self.tokens_per_step, **self.counts,
+                       "val_loss": val_loss}
             checkpoint.export_model(self.out_dir, model_state, {**self.run_info(), **summary})
 
     # -- the loop -----------------------------------------------------------------------------
@@ -257,7 +275,8 @@ class Trainer:
                     "lr": lr,
                     "grad_norm": grad_norm,
                     "tok_s": round(self.tokens_per_step / dt, 1),
-                    "tokens": step * self.tokens_per_step,
+                    "tokens": step * self.tokens_per_step,  # positions, pads included
+                    **self.counts,
                 }
                 if run.eval_every and (step % run.eval_every == 0 or step == run.steps):
                     val_loss = record["val_loss"] = self.evaluate()

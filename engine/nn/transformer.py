@@ -9,6 +9,13 @@ The lm_head is *not* tied to the token embedding: a tied head cannot start at ze
 the embedding too. A zero lm_head still trains: its own gradient (softmax - onehot) x h is non-zero
 from the first step, and once it moves the gradient reaches every other weight (tested).
 
+Image and segmentation tokens also get a learned row and column embedding of the grid cell they
+fill (`cells`, 1..H*W from engine.formats.grid_cells, 0 for every other token), added to the absolute
+position. Without it the model must count tokens since `<break>` to know where it writes, which
+costs most of a small model's early training (docs/architecture.md, "Cell positions").
+A training row may hold several documents (`doc_ids`): positions restart at each document and
+attention stays inside it, so a packed document sees exactly what it sees alone at inference.
+
 Three ways to run it:
   forward(ids)                         training / scoring: causal attention over ids
   forward(ids, input_pos) after        generation with a static KV cache (gpt-fast): writes the cache
@@ -35,11 +42,16 @@ class ModelConfig:
     d_model: int
     max_seq_len: int
     mlp_ratio: float = 4.0
+    grid_rows: int = 0  # the image grid for cell embeddings; 0 x 0 = none (absolute positions only)
+    grid_cols: int = 0
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "n_layer", "n_head", "d_model", "max_seq_len"):
             if getattr(self, name) <= 0:
                 raise BadInputError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.grid_rows < 0 or self.grid_cols < 0 or (self.grid_rows == 0) != (self.grid_cols == 0):
+            raise BadInputError(f"grid_rows and grid_cols must both be positive or both 0, got "
+                                f"{self.grid_rows} x {self.grid_cols}")
         if self.d_model % self.n_head:
             raise BadInputError(f"d_model {self.d_model} is not divisible by n_head {self.n_head}")
 
@@ -167,6 +179,9 @@ class Transformer(nn.Module):
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.d_model)
         self.wpe = nn.Embedding(config.max_seq_len, config.d_model)
+        if config.grid_rows:  # index 0 = not a grid token, an all-zero row
+            self.wrow = nn.Embedding(config.grid_rows + 1, config.d_model, padding_idx=0)
+            self.wcol = nn.Embedding(config.grid_cols + 1, config.d_model, padding_idx=0)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.cache_len = 0
@@ -181,6 +196,10 @@ class Transformer(nn.Module):
                 nn.init.trunc_normal_(p, std=0.0002, a=-0.0006, b=0.0006)
             else:
                 nn.init.trunc_normal_(p, std=std, a=-3 * std, b=3 * std)
+        if self.config.grid_rows:
+            with torch.no_grad():
+                self.wrow.weight[0].zero_()
+                self.wcol.weight[0].zero_()
 
     # -- generation cache ---------------------------------------------------------------------
     def setup_cache(self, max_batch: int, max_len: int | None = None) -> None:
@@ -201,6 +220,20 @@ class Transformer(nn.Module):
         self.cache_len = 0
 
     # -- forward ------------------------------------------------------------------------------
+    def embed(self, ids: Tensor, pos: Tensor, cells: Tensor | None) -> Tensor:
+        """Token + absolute position (+ grid row and column for tokens with a cell > 0)."""
+        x = self.wte(ids) + self.wpe(pos)
+        if not self.config.grid_rows:
+            return x
+        if cells is None:
+            raise BadInputError("this model embeds grid cells: pass cells (engine.formats.grid_cells)")
+        on = cells > 0
+        c = (cells - 1).clamp(min=0)
+        zero = torch.zeros_like(c)
+        row = torch.where(on, c // self.config.grid_cols + 1, zero)
+        col = torch.where(on, c % self.config.grid_cols + 1, zero)
+        return x + self.wrow(row) + self.wcol(col)
+
     def forward(
         self,
         ids: Tensor,
@@ -208,26 +241,33 @@ class Transformer(nn.Module):
         targets: Tensor | None = None,
         loss_weights: Tensor | None = None,
         loss_norm: Tensor | float | None = None,
+        cells: Tensor | None = None,
+        doc_ids: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """ids (B, T) -> logits (B, T, V) for every given position, and the loss when targets are given.
 
         input_pos (T,) int: absolute positions of ids; they are written to the KV cache (setup_cache first)
         and each attends to every cached position <= its own. Without it, positions are 0..T-1.
+        cells (B, T) int: grid cell of each token (models with a grid). doc_ids (B, T) int: the document
+        each position belongs to (training on packed rows): positions restart and attention stays inside.
         loss = sum(w * ce) / sum(w) with w = loss_weights (default 1). loss_norm replaces sum(w): data
         parallel training passes the weight total of the *global* batch so that summed per-rank,
         per-micro-batch gradients equal the gradient of the whole batch.
         """
         B, T = ids.shape
+        mask: Tensor | None
         if input_pos is None:
             if self.config.max_seq_len < T:
                 raise BadInputError(f"sequence of {T} tokens exceeds max_seq_len {self.config.max_seq_len}")
             pos, mask = torch.arange(T, device=ids.device), None
+            if doc_ids is not None:
+                pos, mask = document_positions(doc_ids)
         else:
             if not self.cache_len:
                 raise BadInputError("forward with input_pos needs setup_cache(batch, max_len) first")
             pos = input_pos
             mask = pos[:, None] >= torch.arange(self.cache_len, device=ids.device)[None, :]  # (T, cache_len)
-        x = self.wte(ids) + self.wpe(pos)
+        x = self.embed(ids, pos, cells)
         for block in self.blocks:
             x, _ = block(x, mask, input_pos)
         logits = self.lm_head(layer_norm(x))
@@ -235,14 +275,16 @@ class Transformer(nn.Module):
             return logits, None
         return logits, weighted_cross_entropy(logits, targets, loss_weights, loss_norm)
 
-    def step(self, ids: Tensor, past_k: Tensor, past_v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Functional decoding for export: ids (B, T) continue a prefix whose keys/values are past_k/past_v,
+    def step(
+        self, ids: Tensor, past_k: Tensor, past_v: Tensor, cells: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Functional decoding: ids (B, T) continue a prefix whose keys/values are past_k/past_v,
         shaped (n_layer, B, n_head, P, head_dim). Returns logits (B, T, V) and the presents (P + T long)."""
         B, T = ids.shape
         P = past_k.shape[3]
         pos = torch.arange(T, device=ids.device) + P
         mask = pos[:, None] >= torch.arange(P + T, device=ids.device)[None, :]  # (T, P + T)
-        x = self.wte(ids) + self.wpe(pos)
+        x = self.embed(ids, pos, cells)
         present_k, present_v = [], []
         for i, block in enumerate(self.blocks):
             x, (k, v) = block(x, mask, past=(past_k[i], past_v[i]))
@@ -259,6 +301,19 @@ class Transformer(nn.Module):
         )
 
 
+def document_positions(doc_ids: Tensor) -> tuple[Tensor, Tensor]:
+    """Positions restarting at every document of a packed row, and the causal attention mask (B, 1, T, T)
+    that keeps each query inside its own document."""
+    B, T = doc_ids.shape
+    t = torch.arange(T, device=doc_ids.device).expand(B, T)
+    starts = torch.ones_like(doc_ids, dtype=torch.bool)
+    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    first = torch.cummax(torch.where(starts, t, torch.zeros_like(t)), dim=1).values
+    same = doc_ids[:, :, None] == doc_ids[:, None, :]
+    causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()
+    return t - first, (same & causal)[:, None]
+
+
 def weighted_cross_entropy(
     logits: Tensor, targets: Tensor, weights: Tensor | None = None, norm: Tensor | float | None = None
 ) -> Tensor:
@@ -272,11 +327,14 @@ def weighted_cross_entropy(
     return (weights * ce).sum() / norm
 
 
+LOOKUPS = ("wte", "wpe", "wrow", "wcol")  # embedding tables: lookups, no FLOPs
+
+
 # -- planning figures (documented in docs/training.md) -------------------------------------------
 def count_params(model: nn.Module) -> dict[str, int]:
     total = sum(p.numel() for p in model.parameters())
     # lookups cost no FLOPs: the matmul weights are everything but the two embedding tables
-    lookup = model.wte.weight.numel() + model.wpe.weight.numel()
+    lookup = sum(p.numel() for name, p in model.named_parameters() if name.split(".")[0] in LOOKUPS)
     return {"params": total, "matmul_params": total - lookup}
 
 

@@ -12,7 +12,7 @@ from functools import cache
 import numpy as np
 
 from engine.errors import BadInputError
-from engine.formats import cm3_transform, pack
+from engine.formats import cm3_transform, loss_weights
 from engine.image_tokenizer import ImageTokenizer
 from engine.paths import default_image_tokenizer_dir, default_text_tokenizer_path
 from engine.text_tokenizer import TextTokenizer
@@ -40,43 +40,68 @@ def make_vocab(image_tok: ImageTokenizer, text_tok: TextTokenizer, seg_size: int
 
 class PackedInstructionSource:
     """Rows of whole instruction documents, packed greedily (documents of 70-180 tokens would waste
-    half of a padded row). `cm3_prob` applies the CM3 transform to maskable documents, as in
-    CM3Leon's SFT, which keeps the CM3 objective on instruction + output."""
+    half of a padded row).
+
+    Two layouts, compared by `tessera bench learn` (docs/benchmarks.md, "Learning efficiency"):
+    - `loss = "all"`, `separate_docs = False` (the first design): documents run into each other, every
+      token is a target (prompts, input images and the next document's opening included), and
+      `cm3_prob` applies the CM3 transform to maskable documents, as in CM3Leon's SFT.
+    - `loss = "output"`, `separate_docs = True` (the default): the loss covers each document's output
+      and closing <eos> only (the prompt is given, not modelled: a dropped condition makes the output
+      unconditional, which is what classifier-free guidance needs), and each document keeps its own
+      positions and attention (the batch's fourth array, doc_ids), exactly as the engine runs it."""
 
     def __init__(self, mixture: InstructionMixture, seq_len: int, seed: int, cm3_prob: float,
-                 seg_classes: tuple[str, ...]) -> None:
+                 seg_classes: tuple[str, ...], loss: str = "output", separate_docs: bool = True) -> None:
+        if loss not in ("output", "all"):
+            raise BadInputError(f"[data] loss must be \"output\" or \"all\", not {loss!r}")
+        if loss == "output" and cm3_prob > 0:
+            raise BadInputError("[data] cm3_prob > 0 needs loss = \"all\" (a CM3 transform moves the output)")
         self.mixture, self.seq_len, self.seed, self.cm3_prob = mixture, seq_len, seed, cm3_prob
+        self.loss, self.separate_docs = loss, separate_docs
         self.vocab = mixture.data.vocab
         self.vocab_size = self.vocab.size
         self.seg_classes = seg_classes
         self.tasks = [t.value for t, p in zip(mixture.tasks, mixture.p, strict=True) if p > 0]
 
-    def _document(self, index: int) -> np.ndarray:
+    def _document(self, index: int) -> tuple[np.ndarray, int]:
+        """(ids, where the output starts)."""
         example = self.mixture.example(index)
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, 7, index]))
         if example.maskable and rng.random() < self.cm3_prob:
             # keep the leading <eos> and the closing <eos> outside the transform
             body = cm3_transform(self.vocab, example.ids[1:-1], rng)
-            return np.concatenate([[self.vocab.eos], body, [self.vocab.eos]])
-        return example.ids
+            return np.concatenate([[self.vocab.eos], body, [self.vocab.eos]]), 1
+        return example.ids, example.prompt_len
 
     def batch(self, step: int, micro_step: int, rank: int, world_size: int, batch_size: int):
-        rows = []
+        v, width = self.vocab, self.seq_len + 1
+        rows = np.full((batch_size, width), v.pad, dtype=np.int64)
+        docs = np.zeros((batch_size, width), dtype=np.int64)
+        output = np.zeros((batch_size, width), dtype=bool)  # tokens that are some document's output
         for i in range(batch_size):
             # the global row number: any split of a global batch over ranks and micro-steps is the same data
             row = (micro_step * world_size + rank) * batch_size + i
             rng = np.random.default_rng(np.random.SeedSequence([self.seed, step, row]))
-            docs, used = [], 0
+            used, n = 0, 0
             while True:
-                doc = self._document(int(rng.integers(0, len(self.mixture.data))))
-                if used + doc.size > self.seq_len + 1:
-                    if not docs:
+                doc, out_start = self._document(int(rng.integers(0, len(self.mixture.data))))
+                if used + doc.size > width:
+                    if not n:
                         raise BadInputError(f"an instruction document of {doc.size} tokens exceeds seq_len")
                     break
-                docs.append(doc)
-                used += doc.size
-            rows.append(np.concatenate(docs))
-        return pack(self.vocab, rows, self.seq_len, rows=batch_size)
+                rows[i, used: used + doc.size] = doc
+                docs[i, used: used + doc.size] = n
+                output[i, used + out_start: used + doc.size] = True
+                used, n = used + doc.size, n + 1
+            docs[i, used:] = n  # the padding is a document of its own
+        inputs, targets = rows[:, :-1].copy(), rows[:, 1:].copy()
+        weights = loss_weights(v, targets)
+        if self.loss == "output":
+            weights *= output[:, 1:]
+        if not self.separate_docs:
+            return inputs, targets, weights
+        return inputs, targets, weights, docs[:, :-1].copy()
 
 
 @register_source("shapes-sft")
@@ -88,8 +113,10 @@ def shapes_sft(
     folder: str | None = None,
     image_tokenizer: str | None = None,
     text_tokenizer: str | None = None,
-    cm3_prob: float = 0.25,
+    cm3_prob: float = 0.0,
     cond_dropout: float = 0.1,
+    loss: str = "output",
+    separate_docs: bool = True,
 ) -> PackedInstructionSource:
     from training.data.shapes import SEG_CLASSES
 
@@ -110,4 +137,4 @@ def shapes_sft(
                                seed=data_seed, cond_dropout=cond_dropout)
         weights = weights or DEFAULT_WEIGHTS
     mixture = InstructionMixture(data, weights, seq_len=seq_len, seed=data_seed)
-    return PackedInstructionSource(mixture, seq_len, data_seed, cm3_prob, SEG_CLASSES)
+    return PackedInstructionSource(mixture, seq_len, data_seed, cm3_prob, SEG_CLASSES, loss, separate_docs)
