@@ -127,7 +127,7 @@ def run(design: str, tokens: float, out: str | Path, *, lr: float = 1e-3, thread
     mixture = mixture or MIXTURE
     probe = train_config(design, out, 1, lr, threads, 1, mixture)
     per_step = real_tokens_per_step(probe)
-    steps = max(checkpoints, math.ceil(tokens / per_step))
+    steps = checkpoints * math.ceil(tokens / per_step / checkpoints)  # the last checkpoint is the end
     cfg = train_config(design, out, steps, lr, threads, checkpoints, mixture)
     log(f"[learn] {design}: {steps} steps x {SEQ_LEN * MICRO_BATCH} positions, "
         f"~{per_step:.0f} real tokens/step")

@@ -26,6 +26,7 @@ Three ways to run it:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -105,6 +106,9 @@ def layer_norm(x: Tensor) -> Tensor:
 class KVCache(nn.Module):
     """Static cache (gpt-fast): preallocated to max_len, written in place at input_pos."""
 
+    k: Tensor
+    v: Tensor
+
     def __init__(self, batch: int, n_head: int, max_len: int, head_dim: int, dtype: torch.dtype, device=None):
         super().__init__()
         shape = (batch, n_head, max_len, head_dim)
@@ -140,6 +144,8 @@ class Attention(nn.Module):
         if past is not None:  # functional: present = past ++ new
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         elif input_pos is not None:  # static cache
+            if self.kv_cache is None:
+                raise BadInputError("forward with input_pos needs setup_cache(batch, max_len) first")
             k, v = self.kv_cache.update(input_pos, k, v)
         # mask None means plain causal attention of T queries over the same T keys (training)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
@@ -208,16 +214,20 @@ class Transformer(nn.Module):
         if max_len > self.config.max_seq_len:
             raise BadInputError(f"cache length {max_len} exceeds max_seq_len {self.config.max_seq_len}")
         p = self.lm_head.weight
-        for block in self.blocks:
+        for block in self.layers():
             block.attn.kv_cache = KVCache(
                 max_batch, self.config.n_head, max_len, self.config.head_dim, p.dtype, p.device
             )
         self.cache_len = max_len
 
     def clear_cache(self) -> None:
-        for block in self.blocks:
+        for block in self.layers():
             block.attn.kv_cache = None
         self.cache_len = 0
+
+    def layers(self) -> list[Block]:
+        """The blocks, typed (an nn.ModuleList yields plain Modules)."""
+        return [cast(Block, block) for block in self.blocks]
 
     # -- forward ------------------------------------------------------------------------------
     def embed(self, ids: Tensor, pos: Tensor, cells: Tensor | None) -> Tensor:
