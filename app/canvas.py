@@ -8,6 +8,7 @@ and a checkerboard drawn behind the image shows where it is transparent.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Protocol
 
 import numpy as np
 from PySide6.QtCore import QPointF, QRectF, Qt
@@ -18,16 +19,12 @@ from app import mask as M
 from app.document import Document
 from app.imageutil import to_qimage
 from app.qtfix import Signal
+from engine.layout import PALETTE as SEG_PALETTE  # one palette for overlays, layouts and the CLI
 
-TOOLS = ("brush", "eraser", "region", "pan")
+TOOLS = ("brush", "eraser", "region", "pan")  # more come from register_tool (layout, boxes)
 MIN_ZOOM, MAX_ZOOM = 0.05, 64.0
-BRUSH_MIN, BRUSH_MAX = 2, 1024  # diameter, mask pixels
-
-# Segmentation overlay colours (class 0, background, stays clear); distinct on light and dark images.
-SEG_PALETTE = np.array([(0, 0, 0), (60, 180, 75), (145, 30, 180), (0, 130, 200), (245, 130, 48),
-                        (70, 240, 240), (240, 50, 230), (210, 245, 60), (230, 25, 75), (255, 225, 25),
-                        (250, 190, 190), (0, 128, 128)], np.uint8)
-
+BRUSH_MIN, BRUSH_MAX = 2, 512  # diameter in screen pixels at the current zoom, for every brush
+MAX_DAB = 4096  # mask pixels: the largest dab, however far out the view is zoomed
 
 @lru_cache(maxsize=8)
 def _kernel(diameter: int, hardness: float) -> np.ndarray:
@@ -52,6 +49,16 @@ def segmentation_rgba(grid: np.ndarray, cell: int = 32) -> np.ndarray:
     return np.dstack([colours, alpha])
 
 
+class CanvasTool(Protocol):
+    """A tool another module adds to the canvas (register_tool): it gets the left button's drags in
+    image coordinates, and `hover` for every move (a cursor)."""
+
+    def press(self, x: float, y: float, modifiers: Qt.KeyboardModifier) -> None: ...
+    def drag(self, x: float, y: float) -> None: ...
+    def release(self) -> None: ...
+    def hover(self, x: float, y: float) -> None: ...
+
+
 class CanvasView(QGraphicsView):
     context_requested = Signal(object, object)  # global QPoint, image QPointF
     files_dropped = Signal(list)
@@ -71,6 +78,8 @@ class CanvasView(QGraphicsView):
         self._space = False
         self._pan_from: QPointF | None = None
         self._painting = False
+        self.tools: dict[str, CanvasTool] = {}
+        self._tool_drag = False
 
         self.setScene(QGraphicsScene(self))
         self.setRenderHints(QPainter.RenderHint.SmoothPixmapTransform | QPainter.RenderHint.Antialiasing)
@@ -191,6 +200,7 @@ class CanvasView(QGraphicsView):
     def set_zoom(self, factor: float) -> None:
         factor = float(np.clip(factor, MIN_ZOOM, MAX_ZOOM))
         self.setTransform(QTransform.fromScale(factor, factor))
+        self._update_cursor_size()  # the brush keeps its size on screen
         self.zoom_changed.emit(factor)
 
     def zoom_by(self, step: float) -> None:
@@ -232,8 +242,11 @@ class CanvasView(QGraphicsView):
         painter.restore()
 
     # -- tools -------------------------------------------------------------------------------------
+    def register_tool(self, name: str, tool: CanvasTool) -> None:
+        self.tools[name] = tool
+
     def set_tool(self, tool: str) -> None:
-        if tool not in TOOLS:
+        if tool not in TOOLS and tool not in self.tools:
             raise ValueError(f"unknown tool {tool!r}")
         self.tool = tool
         self._update_drag_mode()
@@ -248,9 +261,14 @@ class CanvasView(QGraphicsView):
         self._update_cursor_size()
         self.brush_changed.emit()
 
+    def brush_image_px(self) -> float:
+        """The brush diameter in image pixels: brush_size is in screen pixels at the current zoom."""
+        return self.brush_size / self.zoom()
+
     def brush_kernel(self) -> np.ndarray:
         """The current dab, in mask pixels."""
-        return _kernel(self.brush_size, round(self.hardness, 2))
+        diameter = min(MAX_DAB, max(1, round(self.brush_image_px() * self.doc.scale)))
+        return _kernel(diameter, round(self.hardness, 2))
 
     def grow_brush(self, steps: int) -> None:
         """`]` / `[`: about 20 % bigger or smaller per step, at least one pixel."""
@@ -260,7 +278,7 @@ class CanvasView(QGraphicsView):
         self.set_brush(size=size)
 
     def _update_cursor_size(self) -> None:
-        r = self.brush_size / 2 / self.doc.scale
+        r = self.brush_image_px() / 2
         center = self.cursor_item.rect().center() if not self.cursor_item.rect().isNull() else QPointF()
         self.cursor_item.setRect(QRectF(center.x() - r, center.y() - r, 2 * r, 2 * r))
 
@@ -269,7 +287,7 @@ class CanvasView(QGraphicsView):
         self.setDragMode(QGraphicsView.DragMode.ScrollHandDrag if hand else QGraphicsView.DragMode.NoDrag)
 
     def _painting_tool(self) -> bool:
-        return self.tool in ("brush", "eraser") and not self._space
+        return self.tool in ("brush", "eraser", "layout") and not self._space
 
     # -- mouse and keys ----------------------------------------------------------------------------
     def mousePressEvent(self, event) -> None:  # noqa: N802
@@ -277,6 +295,10 @@ class CanvasView(QGraphicsView):
         if event.button() == Qt.MouseButton.MiddleButton:
             self._pan_from = event.position()
             self.viewport().setCursor(Qt.CursorShape.ClosedHandCursor)
+            event.accept()
+        elif event.button() == Qt.MouseButton.LeftButton and self.tool in self.tools and not self._space:
+            self._tool_drag = True
+            self.tools[self.tool].press(pos.x(), pos.y(), event.modifiers())
             event.accept()
         elif event.button() == Qt.MouseButton.LeftButton and self._painting_tool():
             self._painting = True
@@ -301,7 +323,10 @@ class CanvasView(QGraphicsView):
             return
         if self._painting:
             self.doc.stroke_to(pos.x(), pos.y())
-        r = self.brush_size / 2 / self.doc.scale
+        if self.tool in self.tools:
+            tool = self.tools[self.tool]
+            tool.drag(pos.x(), pos.y()) if self._tool_drag else tool.hover(pos.x(), pos.y())
+        r = self.brush_image_px() / 2
         self.cursor_item.setRect(QRectF(pos.x() - r, pos.y() - r, 2 * r, 2 * r))
         self.cursor_item.setVisible(self._painting_tool())
         super().mouseMoveEvent(event)
@@ -310,6 +335,9 @@ class CanvasView(QGraphicsView):
         if event.button() == Qt.MouseButton.MiddleButton and self._pan_from is not None:
             self._pan_from = None
             self.viewport().unsetCursor()
+        elif event.button() == Qt.MouseButton.LeftButton and self._tool_drag:
+            self._tool_drag = False
+            self.tools[self.tool].release()
         elif event.button() == Qt.MouseButton.LeftButton and self._painting:
             self._painting = False
             self.doc.end_stroke()

@@ -22,6 +22,7 @@ from app.imageutil import png_bytes, resize, rgba
 from app.panels import CandidateItem, LibraryItem
 from app.prompt_panel import TASKS
 from app.qtfix import Signal
+from app.regions import Region
 from engine.errors import UnsupportedTaskError
 from engine.events import Finished, PartialImage, Progress, Retrieved
 from engine.io import atomic_write_bytes
@@ -31,7 +32,11 @@ if TYPE_CHECKING:
     from app.window import MainWindow
     from engine.library import AddReport, UserLibrary
 
-IMAGE_TASKS = ("generate", "inpaint", "edit")
+IMAGE_TASKS = ("generate", "inpaint", "edit", "layout", "ground")
+# The sampling settings each image task takes (engine.Engine): only text-to-image has CD-K and retrieval.
+SAMPLING = ("n", "cfg", "temperature", "top_p", "cdk_alpha", "cdk_k", "retrieve")
+GUIDED_SAMPLING = ("n", "cfg", "temperature", "top_p")
+LABELS = {"layout": "Layout", "ground": "Regions"}  # tasks of the Compose panel, not of the prompt panel
 
 
 def _short(text: str, n: int = 40) -> str:
@@ -64,25 +69,59 @@ class Controller(QObject):
         task, text = panel.task(), panel.prompt_text()
         if TASKS[task][3] and not text and task != "inpaint":  # inpainting may follow no prompt
             return self._refuse("Type a prompt first." if task != "answer" else "Type a question first.")
-        if task != "generate" and doc.is_blank():
+        if task in ("caption", "segment", "answer") and doc.is_blank():
             return self._refuse("The canvas is empty: generate or open an image first.")
-        if task == "inpaint" and not doc.has_mask():
-            return self._refuse("Paint a mask over the part to regenerate first (brush: B).")
         if task == "caption":
             return self.caption()
         if task == "segment":
             return self.segment()
         if task == "answer":
             return self.ask(text)
-        seed = panel.take_seed()
-        sampling = panel.sampling()
-        if task != "generate":  # inpaint and edit take no CD-K and retrieve nothing (engine.Engine)
-            sampling = {k: sampling[k] for k in ("n", "cfg", "temperature", "top_p")}
+        return self._submit(task, text, panel.take_seed(), panel.sampling())
+
+    def run_layout(self) -> int | None:
+        """Generate from the painted layout (Compose panel), with the prompt as its optional caption."""
+        layer = self.win.layout
+        if layer.is_empty():
+            return self._refuse("Paint a layout first: Layout brush (L) with a class from the Compose panel, "
+                                "or start from the segmentation.")
+        panel = self.win.prompt
+        return self._submit("layout", panel.prompt_text(), panel.take_seed(), panel.sampling(),
+                            layout=layer.classes.copy())
+
+    def run_regions(self) -> int | None:
+        """Generate with the boxes on the canvas (Compose panel) and the prompt."""
+        panel = self.win.prompt
+        if not self.win.regions.boxes:
+            return self._refuse("Draw a box first: Boxes tool (X), then drag on the canvas.")
+        if not panel.prompt_text():
+            return self._refuse("Type a prompt first: it describes the whole picture.")
+        return self._submit("ground", panel.prompt_text(), panel.take_seed(), panel.sampling(),
+                            boxes=self.win.regions.engine_boxes())
+
+    def _submit(self, task: str, text: str, seed: int, sampling: dict, layout: np.ndarray | None = None,
+                boxes: list | None = None) -> int | None:
+        """Queue an image task; what it reads (canvas, mask, layout, boxes) is copied now."""
+        doc = self.win.doc
+        if task in ("inpaint", "edit") and doc.is_blank():
+            return self._refuse("The canvas is empty: generate or open an image first.")
+        if task == "inpaint" and not doc.has_mask():
+            return self._refuse("Paint a mask over the part to regenerate first (brush: B).")
+        keys = SAMPLING if task == "generate" else GUIDED_SAMPLING
+        sampling = {k: sampling[k] for k in keys if k in sampling}
         params = {"task": task, "prompt": text, "seed": seed, "settings": {**sampling, "seed": seed}}
-        label = f"{TASKS[task][0]} · {_short(text)}"
+        label = f"{LABELS.get(task) or TASKS[task][0]} · {_short(text)}"
         if task == "generate":
             def call(engine, _):
                 return engine.generate(text, seed=seed, **sampling)
+            return self.win.queue.submit(task, label, call, params)
+        if task == "layout":
+            def call(engine, _):
+                return engine.from_layout(layout, text, seed=seed, **sampling)
+            return self.win.queue.submit(task, label, call, params)
+        if task == "ground":
+            def call(engine, _):
+                return engine.ground(text, boxes, seed=seed, **sampling)
             return self.win.queue.submit(task, label, call, params)
         image = doc.engine_image()
         if task == "inpaint":
@@ -99,8 +138,23 @@ class Controller(QObject):
         return self.win.queue.submit(task, label, call, params, context)
 
     def rerun(self, entry: HistoryEntry) -> int | None:
+        """Run a past generation again with its own seed and settings; the prompt panel (its seed mode
+        included) stays as the artist set it. Inpainting and editing read the current canvas."""
+        settings = entry.settings
+        seed = entry.seed if entry.seed is not None else self.win.prompt.take_seed()
+        layout = np.asarray(settings["layout"]) if entry.task == "layout" else None
+        boxes = [(label, tuple(box)) for label, box in settings.get("boxes", [])] or None
+        return self._submit(entry.task, entry.prompt, seed, settings, layout=layout, boxes=boxes)
+
+    def recall(self, entry: HistoryEntry) -> None:
+        """"Use settings": the prompt panel gets the entry's task, prompt, seed and settings; a layout
+        or boxes go back onto the canvas (undoably)."""
         self.win.prompt.recall(entry.task, entry.prompt, entry.seed, entry.settings)
-        return self.run()
+        if entry.task == "layout" and "layout" in entry.settings:
+            self.win.layout.replace(np.asarray(entry.settings["layout"]), "Layout from history")
+        if entry.task == "ground" and entry.settings.get("boxes"):
+            boxes = [Region.from_json(b) for b in entry.settings["boxes"]]
+            self.win.regions.edit(boxes, "Boxes from history")
 
     def caption(self) -> int | None:
         if self.win.doc.is_blank():
@@ -229,7 +283,7 @@ class Controller(QObject):
         if not items:
             self.error.emit(f"{record.label} failed", "The model returned no image.")
             return
-        self.win.candidates.set_candidates(items)
+        self.win.candidates.add_candidates(items)
         thumb = resize(items[0].image, 64, 64)
         self.win.history.add(HistoryEntry(record.task, base["prompt"], base["seed"], settings, self.model_id,
                                           thumb))

@@ -13,6 +13,7 @@ from PySide6.QtWidgets import (
     QDialogButtonBox,
     QHeaderView,
     QMessageBox,
+    QPlainTextEdit,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -56,13 +57,59 @@ def route_qt_messages() -> None:
     qInstallMessageHandler(handler)
 
 
-def open_log() -> Path:
-    """Open the log file in the desktop's text viewer (created empty when missing)."""
-    path = log_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch(exist_ok=True)
-    QDesktopServices.openUrl(QUrl.fromLocalFile(str(path)))
-    return path
+LOG_TAIL = 200_000  # characters of the log the window shows (its end)
+
+
+class LogWindow(QDialog):
+    """The log file's end in a window, newest line last; it works whatever the desktop can open."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("logWindow")
+        self.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        self.path = log_path()
+        self.setWindowTitle(f"Log — {self.path}")
+        self.text = QPlainTextEdit(readOnly=True, objectName="logText")
+        self.text.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
+        reload = buttons.addButton("Reload", QDialogButtonBox.ButtonRole.ActionRole)
+        reload.clicked.connect(self.load)
+        external = buttons.addButton("Open in editor", QDialogButtonBox.ButtonRole.ActionRole)
+        external.clicked.connect(lambda: QDesktopServices.openUrl(QUrl.fromLocalFile(str(self.path))))
+        buttons.rejected.connect(self.close)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.text)
+        layout.addWidget(buttons)
+        self.resize(900, 560)
+        self.load()
+
+    def load(self) -> None:
+        try:
+            text = self.path.read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            text = f"(no log yet: {exc})"
+        self.text.setPlainText(text[-LOG_TAIL:] or "(the log is empty)")
+        bar = self.text.verticalScrollBar()
+        bar.setValue(bar.maximum())
+
+
+def open_log(parent: QWidget | None = None) -> LogWindow:
+    """Show the log in a window (not the desktop's viewer: there may be none for .log files)."""
+    window = LogWindow(parent)
+    window.show()
+    return window
+
+
+def ask_unsaved(parent: QWidget, action: str) -> str:
+    """Before `action` ("start a new canvas") replaces unsaved work: "save", "discard" or "cancel"."""
+    buttons = QMessageBox.StandardButton
+    box = QMessageBox(QMessageBox.Icon.Question, "Unsaved changes",
+                      f"The canvas has changes that are not saved as a file. Save them before you {action}?",
+                      buttons.Save | buttons.Discard | buttons.Cancel, parent)
+    box.setObjectName("unsavedBox")
+    box.setDefaultButton(buttons.Save)
+    answer = box.exec()
+    return {buttons.Save: "save", buttons.Discard: "discard"}.get(buttons(answer), "cancel")
 
 
 def error_box(parent: QWidget, title: str, message: str) -> QMessageBox:
@@ -73,7 +120,7 @@ def error_box(parent: QWidget, title: str, message: str) -> QMessageBox:
     box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
     view_log = box.addButton("View log", QMessageBox.ButtonRole.ActionRole)
     view_log.setObjectName("viewLogButton")
-    view_log.clicked.connect(open_log)
+    view_log.clicked.connect(lambda: open_log(parent))
     box.show()
     return box
 

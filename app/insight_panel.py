@@ -23,6 +23,7 @@ class InsightPanel(QWidget):
     caption_requested = Signal()
     copy_to_prompt = Signal(str)
     ask_requested = Signal(str)
+    answered = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -67,6 +68,7 @@ class InsightPanel(QWidget):
         layout.addWidget(caption_box)
         layout.addWidget(ask_box, 1)
         self.caption_text = ""
+        self.qa: list[tuple[str, str]] = []  # (question, answer), newest first
         self._sync()
 
     def set_caption(self, text: str) -> None:
@@ -75,7 +77,9 @@ class InsightPanel(QWidget):
         self._sync()
 
     def add_answer(self, question: str, answer: str) -> None:
+        self.qa.insert(0, (question, answer))
         self.answers.insertItem(0, f"Q: {question}\nA: {answer}")
+        self.answered.emit()
 
     def focus_question(self) -> None:
         self.question.setFocus()
@@ -85,6 +89,7 @@ class InsightPanel(QWidget):
         text = self.question.text().strip()
         if text:
             self.ask_requested.emit(text)
+            self.question.clear()  # the next question starts fresh (the answer lists the question)
 
     def _sync(self) -> None:
         self.to_prompt.setEnabled(bool(self.caption_text))

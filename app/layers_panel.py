@@ -59,7 +59,8 @@ class LayersPanel(QWidget):
     def _mask_group(self, feather: int) -> QGroupBox:
         box = QGroupBox("Mask")
         form = QFormLayout(box)
-        self.size = _slider(BRUSH_MIN, 256, self.canvas.brush_size, "Brush diameter, mask pixels · [ ]")
+        self.size = _slider(BRUSH_MIN, 256, self.canvas.brush_size,
+                            "Brush diameter in screen pixels, whatever the zoom · [ ]")
         self.size.valueChanged.connect(lambda v: self.canvas.set_brush(size=v))
         self.size_label = QLabel()
         self.size_label.setMinimumWidth(44)

@@ -52,10 +52,15 @@ class LibraryItem:
 
 
 class CandidatesStrip(QWidget):
-    """Results of the last job, best first: preview one, accept it onto the canvas, keep or discard it."""
+    """Every finished job's results, newest job first and each job's best first: preview one, accept it
+    onto the canvas (it then leaves the strip unless kept), keep it (★) or discard it. A new canvas
+    clears all but the kept ones; beyond MAX_ITEMS the oldest unkept results make room."""
 
     accept_requested = Signal(object)  # CandidateItem
     preview_requested = Signal(object)  # RGBA image or None
+    changed = Signal()  # items added, removed or kept (the autosave listens)
+
+    MAX_ITEMS = 48
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -99,10 +104,19 @@ class CandidatesStrip(QWidget):
         b.clicked.connect(slot)
         return b
 
-    def set_candidates(self, items: list[CandidateItem]) -> None:
-        """New results replace the previous ones; kept variations stay, after them."""
-        self.items = list(items) + [c for c in self.items if c.kept]
+    def add_candidates(self, items: list[CandidateItem]) -> None:
+        """A job's results go first; earlier ones stay until accepted or discarded."""
+        self.items = list(items) + self.items
+        unkept = [i for i, c in enumerate(self.items) if not c.kept]
+        excess = max(0, len(self.items) - self.MAX_ITEMS)
+        drop = set(unkept[max(0, len(unkept) - excess):]) if excess else set()
+        self.items = [c for i, c in enumerate(self.items) if i not in drop]
         self._rebuild(0 if items else -1)
+
+    def clear_unkept(self) -> None:
+        """A new canvas: results of the old one go, kept variations stay."""
+        self.items = [c for c in self.items if c.kept]
+        self._rebuild(-1)
 
     def set_items(self, items: list[CandidateItem]) -> None:
         self.items = list(items)
@@ -113,10 +127,13 @@ class CandidatesStrip(QWidget):
         return self.items[row] if 0 <= row < len(self.items) else None
 
     def accept_current(self) -> None:
-        item = self.current()
+        item, row = self.current(), self.list.currentRow()
         if item is not None:
             self.preview_requested.emit(None)
             self.accept_requested.emit(item)
+            if not item.kept:  # it is on the canvas now (and Undo brings the previous one back)
+                del self.items[row]
+                self._rebuild(-1)
 
     def keep_current(self) -> None:
         item = self.current()
@@ -145,6 +162,7 @@ class CandidatesStrip(QWidget):
         if select < 0:
             self.preview_requested.emit(None)
         self._sync()
+        self.changed.emit()
 
     def _on_row(self, row: int) -> None:
         self.preview_requested.emit(self.items[row].image if 0 <= row < len(self.items) else None)

@@ -1,8 +1,11 @@
-"""Autosave and crash restore of the session: canvas, mask, segmentation, prompt and history.
+"""Autosave and crash restore of the session: canvas, mask, segmentation, layout, boxes, prompt,
+caption, answers, candidates, history, the mask's look, whether the canvas is saved, and the jobs
+that had not finished (offered again after a crash). The undo history is not kept: after a restore
+it starts at the restored state, and the status bar says so.
 
 Layout of user_data_dir()/session/:
     state.json          everything small, and the names of the image blobs it uses; written last
-    blobs/<hash>.png    canvas, mask and history thumbnails, named by a hash of their pixels
+    blobs/<hash>.png    canvas, mask, layout, candidates and thumbnails, named by a hash of their pixels
 
 Every file is written atomically (engine.io), and a blob is never rewritten once it exists, so
 state.json always points at complete files whatever moment the process is killed at: a restore
@@ -21,10 +24,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from PySide6.QtCore import QObject, QTimer
+from PySide6.QtGui import QColor
 
 from app.history import HistoryEntry
 from app.imageutil import decode_png, png_bytes
+from app.panels import CandidateItem
 from app.qtfix import Signal
+from app.regions import Region
 from engine.io import atomic_write_bytes, atomic_write_text
 from engine.paths import user_data_dir
 
@@ -33,6 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 VERSION = 1
+RERUNNABLE = ("generate", "inpaint", "edit", "layout", "ground")  # jobs a restart offers to run again
 
 
 def session_dir() -> Path:
@@ -57,6 +64,8 @@ class Session(QObject):
         self.win = win
         self.folder = folder or session_dir()
         self.dirty = False
+        self.interrupted: list[HistoryEntry] = []  # image jobs that had not finished when the studio ended
+        self.interrupted_labels: list[str] = []
         self.timer = QTimer(self)
         self.timer.setInterval(int(interval_s * 1000))
         self.timer.timeout.connect(self.save_if_dirty)
@@ -64,6 +73,9 @@ class Session(QObject):
         win.history.list.model().rowsInserted.connect(self.mark_dirty)
         win.prompt.prompt.textChanged.connect(self.mark_dirty)
         win.controller.caption_ready.connect(self.mark_dirty)
+        for signal in (win.layout.changed, win.regions.changed, win.queue.changed, win.candidates.changed,
+                       win.insight.answered):
+            signal.connect(self.mark_dirty)
 
     def start(self) -> None:
         self.timer.start()
@@ -109,6 +121,15 @@ class Session(QObject):
             item = entry.to_json()
             item["thumbnail"] = blob(entry.thumbnail) if entry.thumbnail is not None else None
             history.append(item)
+        candidates = [{"image": blob(c.image), "meta": c.meta, "kept": c.kept} for c in win.candidates.items]
+        jobs = []
+        for record in win.queue.pending():  # queued or running: offered again after a crash
+            if record.task in RERUNNABLE:
+                layout = record.params.get("layout")
+                jobs.append({**{k: record.params.get(k) for k in ("task", "prompt", "seed", "settings")},
+                             "label": record.label, "layout": None if layout is None else blob(layout),
+                             "boxes": record.params.get("boxes")})
+        canvas = win.canvas
         state = {
             "version": VERSION,
             "saved_at": time.time(),
@@ -121,6 +142,13 @@ class Session(QObject):
             "prompt": win.prompt.state(),
             "caption": win.insight.caption_text,
             "history": history,
+            "layout": blob(win.layout.classes),
+            "regions": [r.to_json() for r in win.regions.boxes],
+            "answers": win.insight.qa,
+            "candidates": candidates,
+            "mask_style": {"opacity": canvas.mask_opacity, "color": canvas.mask_color.name()},
+            "unsaved": win.unsaved,
+            "jobs": jobs,
         }
         path = self.folder / "state.json"
         atomic_write_text(path, json.dumps(state, default=_jsonable))
@@ -168,3 +196,25 @@ class Session(QObject):
         win.prompt.restore(state.get("prompt") or {})
         win.insight.set_caption(state.get("caption", ""))
         win.history.set_entries(history)
+        win.layout.restore(load(state.get("layout"), grey=True))
+        win.regions.set_boxes([Region.from_json(b) for b in state.get("regions", [])])
+        for question, answer in reversed(state.get("answers", [])):
+            win.insight.add_answer(question, answer)
+        win.candidates.set_items([CandidateItem(load(c["image"]), dict(c.get("meta") or {}), bool(c["kept"]))
+                                  for c in state.get("candidates", [])])
+        style = state.get("mask_style") or {}
+        if "color" in style:
+            win.canvas.set_mask_style(color=QColor(style["color"]))
+        if "opacity" in style:
+            win.layers.opacity.setValue(round(float(style["opacity"]) * 100))
+        win.unsaved = bool(state.get("unsaved", False))
+        self.interrupted, self.interrupted_labels = [], []
+        for job in state.get("jobs", []):
+            settings = dict(job.get("settings") or {})
+            if job.get("layout"):
+                settings["layout"] = load(job["layout"], grey=True)
+            if job.get("boxes"):
+                settings["boxes"] = job["boxes"]
+            entry = HistoryEntry(job["task"], job.get("prompt") or "", job.get("seed"), settings, "")
+            self.interrupted.append(entry)
+            self.interrupted_labels.append(job.get("label") or job["task"])

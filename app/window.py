@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QMainWindow,
     QMenu,
+    QMessageBox,
     QProgressBar,
     QPushButton,
     QScrollArea,
@@ -31,15 +32,18 @@ from PySide6.QtWidgets import (
 from app import mask as M
 from app import theme
 from app.canvas import CanvasView
+from app.compose_panel import ComposePanel
 from app.controller import Controller
-from app.dialogs import ShortcutsDialog, error_box, open_log
+from app.dialogs import ShortcutsDialog, ask_unsaved, error_box, open_log
 from app.document import Document
 from app.history import HistoryPanel
 from app.imageutil import load_image
 from app.insight_panel import InsightPanel
 from app.layers_panel import LayersPanel
+from app.layout_tool import LayoutLayer
 from app.panels import CandidatesStrip, QueuePanel, RetrievalPanel
 from app.prompt_panel import TASKS, PromptPanel
+from app.regions import Regions
 from app.session import Session
 from app.settings import StudioSettings
 from app.worker import JobQueue
@@ -55,6 +59,7 @@ class MainWindow(QMainWindow):
         super().__init__()
         self.settings = settings or StudioSettings()
         self.file_path: str | None = None
+        self.restored_unsaved = False  # a restored session had unsaved changes (its undo stack is gone)
         self.last_error = None  # the most recent error box (tests and screenshots look at it)
         self.engine_info: dict | None = None  # model_id, provider, tasks, seg_class_names
         self.setWindowTitle("Tessera Studio")
@@ -72,6 +77,9 @@ class MainWindow(QMainWindow):
         self.retrieval = RetrievalPanel()
         self.queue_panel = QueuePanel(self.queue)
         self.history = HistoryPanel()
+        self.layout = LayoutLayer(self.canvas, self)
+        self.regions = Regions(self.canvas, self)
+        self.compose = ComposePanel(self.layout, self.regions)
         self.controller = Controller(self)
         self.controller.feather = self.settings.feather
 
@@ -84,12 +92,43 @@ class MainWindow(QMainWindow):
         self.session = Session(self, self.settings.autosave_seconds)
         self.autosave = autosave
         if restore and self.session.restore():
-            self.statusBar().showMessage("Restored your last session.", 6000)
+            self.statusBar().showMessage("Restored your last session (canvas, mask, layout, boxes, "
+                                        "candidates, history, answers); undo starts from here.", 10000)
         if autosave:
             self.session.start()
         if engine_factory is not None:
             self.load_engine(engine_factory)
+        if self.session.interrupted:
+            self.offer_interrupted()
         self._update_title()
+
+    @property
+    def unsaved(self) -> bool:
+        """Changes not saved as a file: the title's mark, and New/Open/drop/Quit ask first."""
+        return self.restored_unsaved or not self.doc.undo.isClean()
+
+    @unsaved.setter
+    def unsaved(self, value: bool) -> None:
+        self.restored_unsaved = value
+        if not value:
+            self.doc.undo.setClean()
+        self._update_title()
+
+    def offer_interrupted(self) -> QMessageBox:
+        """After a crash: name the jobs that had not finished and offer to run them again."""
+        labels = "\n".join(f"• {label}" for label in self.session.interrupted_labels)
+        box = QMessageBox(QMessageBox.Icon.Information, "Interrupted jobs",
+                          f"The studio ended while these jobs had not finished:\n{labels}", parent=self)
+        box.setObjectName("interruptedBox")
+        box.setWindowModality(Qt.WindowModality.NonModal)
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        again = box.addButton("Run again", QMessageBox.ButtonRole.AcceptRole)
+        box.addButton("Dismiss", QMessageBox.ButtonRole.RejectRole)
+        entries, self.session.interrupted = self.session.interrupted, []
+        again.clicked.connect(lambda: [self.controller.rerun(e) for e in entries])
+        box.show()
+        self.interrupted_box = box
+        return box
 
     # -- layout ------------------------------------------------------------------------------------
     def _build_central(self) -> None:
@@ -140,10 +179,11 @@ class MainWindow(QMainWindow):
             "layers": self._dock("Layers", self.layers, right, "layers"),
             "describe": self._dock("Describe", self.insight, right, "describe"),
             "retrieval": self._dock("Retrieval", self.retrieval, right, "retrieval"),
+            "compose": self._dock("Compose", self.compose, right, "compose"),
             "queue": self._dock("Queue", self.queue_panel, right, "queue"),
         }
         self.splitDockWidget(prompt, self.docks["history"], Qt.Orientation.Vertical)
-        tabs = [self.docks[k] for k in ("layers", "describe", "retrieval", "queue")]
+        tabs = [self.docks[k] for k in ("layers", "compose", "describe", "retrieval", "queue")]
         for a, b in zip(tabs, tabs[1:], strict=False):
             self.tabifyDockWidget(a, b)
         self.resizeDocks([tabs[0]], [360], Qt.Orientation.Horizontal)
@@ -178,7 +218,7 @@ class MainWindow(QMainWindow):
             "save": A("&Save PNG…", self.save_dialog, QKeySequence.StandardKey.Save, "save",
                       "Save the canvas as PNG, with its generation parameters"),
             "export_mask": A("&Export mask…", self.export_mask_dialog, "Ctrl+Shift+E", "export-mask"),
-            "quit": A("&Quit", self.close, QKeySequence.StandardKey.Quit),
+            "quit": A("&Quit", self.quit, QKeySequence.StandardKey.Quit),
             "undo": A("&Undo", doc.undo.undo, QKeySequence.StandardKey.Undo, "undo"),
             "redo": A("&Redo", doc.undo.redo, "Ctrl+Shift+Z", "redo"),
             "clear_mask": A("&Clear mask", doc.clear_mask, "Ctrl+Shift+A", "clear"),
@@ -198,7 +238,7 @@ class MainWindow(QMainWindow):
             "reference": A("Use as &reference", c.add_reference, None, "reference",
                            "Add the canvas to your reference library"),
             "shortcuts": A("&Keyboard shortcuts", self.show_shortcuts, "F1", "keyboard"),
-            "log": A("View &log", open_log, None, "log", "Open the log file"),
+            "log": A("View &log", lambda: open_log(self), None, "log", "Show the log in a window"),
         }
         # Accept/discard act on the candidates strip: only while the canvas or the strip has focus,
         # so Enter in the prompt box or the question field keeps its usual meaning.
@@ -214,6 +254,9 @@ class MainWindow(QMainWindow):
         for tool, text, key, tip in (("brush", "&Brush", "B", "Paint the mask"),
                                      ("eraser", "&Eraser", "E", "Erase the mask"),
                                      ("region", "&Region", "R", "Click a segmentation region to mask it"),
+                                     ("layout", "&Layout brush", "L", "Paint the layout with the class "
+                                                                      "picked in the Compose panel"),
+                                     ("boxes", "Bo&xes", "X", "Draw, move and resize labelled boxes"),
                                      ("pan", "&Pan", "H", "Drag to move around (or hold Space)")):
             action = A(text, lambda _=False, t=tool: cv.set_tool(t), key, tool, tip, checkable=True)
             self.tool_group.addAction(action)
@@ -227,7 +270,7 @@ class MainWindow(QMainWindow):
             "&Edit": ("undo", "redo", None, "clear_mask", "invert_mask", None, "smaller", "bigger"),
             "&View": ("fit", "actual", "zoom_in", "zoom_out", None, "toggle_seg", "theme"),
             "&Image": ("run", "cancel", None, "caption", "segment", "ask", "reference"),
-            "&Tools": ("brush", "eraser", "region", "pan"),
+            "&Tools": ("brush", "eraser", "region", "layout", "boxes", "pan"),
             "&Help": ("shortcuts", "log"),
         }
         for title, keys in menus.items():
@@ -241,7 +284,8 @@ class MainWindow(QMainWindow):
         bar = self.addToolBar("Main")
         bar.setObjectName("mainToolbar")
         bar.setMovable(False)
-        for key in ("new", "open", "save", None, "undo", "redo", None, "brush", "eraser", "region", "pan",
+        for key in ("new", "open", "save", None, "undo", "redo", None, "brush", "eraser", "region", "layout",
+                    "boxes", "pan",
                     None, "fit", "actual", None, "caption", "segment", None, "theme"):
             bar.addSeparator() if key is None else bar.addAction(self.act[key])
 
@@ -264,19 +308,23 @@ class MainWindow(QMainWindow):
         self.prompt.cancel_requested.connect(self.cancel_active)
         self.prompt.presets_changed.connect(self._save_presets)
         self.candidates.accept_requested.connect(self.accept_candidate)
-        self.candidates.preview_requested.connect(self.canvas.show_preview)
+        self.candidates.preview_requested.connect(self._preview)
         self.insight.caption_requested.connect(c.caption)
         self.insight.copy_to_prompt.connect(self.prompt.set_prompt)
         self.insight.ask_requested.connect(c.ask)
         self.retrieval.add_folder_requested.connect(c.add_library_folder)
         self.retrieval.remove_requested.connect(c.remove_library)
         self.history.rerun_requested.connect(c.rerun)
-        self.history.recall_requested.connect(
-            lambda e: self.prompt.recall(e.task, e.prompt, e.seed, e.settings))
+        self.history.recall_requested.connect(c.recall)
+        self.compose.generate_layout.connect(c.run_layout)
+        self.compose.generate_regions.connect(c.run_regions)
+        self.compose.from_segmentation.connect(self.layout_from_segmentation)
+        self.compose.tool_requested.connect(lambda tool: self.act[tool].trigger())
         self.layers.feather_changed.connect(self._set_feather)
         self.layers.export_mask_requested.connect(self.export_mask_dialog)
         self.canvas.context_requested.connect(self._context_menu)
-        self.canvas.files_dropped.connect(lambda paths: self.open_path(paths[0]))
+        self.canvas.files_dropped.connect(lambda paths: self.confirm_replace("open the dropped image")
+                                          and self.open_path(paths[0]))
         self.canvas.zoom_changed.connect(lambda z: self.zoom_label.setText(f"{z * 100:.0f} %"))
         self.canvas.brush_changed.connect(self._update_brush_label)
         self.canvas.message.connect(lambda m: self.statusBar().showMessage(m, 6000))
@@ -302,6 +350,9 @@ class MainWindow(QMainWindow):
         self.model_label.setToolTip(f"Model {info['model_id']}, {info['provider']} execution provider")
         known = {t for t in info["tasks"] if t in TASKS}
         self.prompt.set_available_tasks(known or None)
+        self.compose.set_available(set(info["tasks"]) or None)
+        if info["seg_class_names"]:
+            self.compose.set_class_names(tuple(info["seg_class_names"]))
         for key, task in (("caption", "caption"), ("segment", "segment"), ("ask", "answer")):
             self.act[key].setEnabled(not known or task in known)  # untrained tasks: greyed out
         self.insight.describe.setEnabled(not known or "caption" in known)
@@ -329,8 +380,33 @@ class MainWindow(QMainWindow):
             self.load_engine(factory)
 
     def accept_candidate(self, item) -> None:
-        """Put a candidate on the canvas as one undoable step."""
+        """Put a candidate on the canvas as one undoable step; the old image's caption goes."""
         self.doc.accept_image(item.image, item.meta, f"Accept {item.meta.get('task', 'result')}")
+        self.insight.set_caption("")
+        self.caption_bar.setVisible(False)
+
+    def _preview(self, image) -> None:
+        """A candidate over the canvas hides what describes the canvas (segmentation, caption)."""
+        self.canvas.show_preview(image)
+        self.canvas.seg_item.setVisible(image is None and self.layers.seg_visible.isChecked())
+        self.caption_bar.setVisible(image is None and bool(self.insight.caption_text))
+
+    def layout_from_segmentation(self) -> None:
+        """Start the layout from the canvas's segmentation, segmenting the canvas first if needed."""
+        if self.layout.from_segmentation():
+            self.act["layout"].trigger()
+            return
+        job_id = self.controller.segment()
+        if job_id is None:
+            return
+
+        def ended(ended_id: int, state: str, _result: object) -> None:
+            if ended_id == job_id:
+                self.queue.ended.disconnect(ended)
+                if state == "done" and self.layout.from_segmentation():
+                    self.act["layout"].trigger()
+
+        self.queue.ended.connect(ended)  # after the controller's handler: the segmentation is set
 
     def cancel_active(self) -> None:
         record = self.queue.running()
@@ -339,16 +415,41 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(f"Cancelling: {record.label}…", 4000)
 
     # -- files -------------------------------------------------------------------------------------
+    def confirm_replace(self, action: str) -> bool:
+        """True when the canvas may be replaced: nothing unsaved, or the artist saved or discarded it."""
+        if not self.unsaved:
+            return True
+        answer = ask_unsaved(self, action)
+        if answer == "save":
+            self.save_dialog()
+            return not self.unsaved
+        return answer == "discard"
+
     def new_canvas(self) -> None:
+        if not self.confirm_replace("start a new canvas"):
+            return
         self.doc.reset(np.zeros((64, 64, 4), np.uint8))
         self.file_path = None
+        self._fresh_canvas()
+
+    def _fresh_canvas(self) -> None:
+        """A new or opened canvas: nothing of the old one's caption, answers or results stays."""
+        self.restored_unsaved = False
         self.caption_bar.setVisible(False)
+        self.insight.set_caption("")
+        self.candidates.clear_unkept()
         self._update_title()
 
     def open_dialog(self) -> None:
+        if not self.confirm_replace("open another image"):
+            return
         path, _ = QFileDialog.getOpenFileName(self, "Open image", "", IMAGE_FILTER)
         if path:
             self.open_path(path)
+
+    def quit(self) -> None:
+        if self.confirm_replace("quit"):
+            self.close()
 
     def open_path(self, path: str | Path) -> bool:
         try:
@@ -360,8 +461,7 @@ class MainWindow(QMainWindow):
         self.doc.reset(image, meta=meta)
         self.file_path = str(path)
         self.canvas.fit()
-        self.caption_bar.setVisible(False)
-        self._update_title()
+        self._fresh_canvas()
         hint = f" · made with “{meta['prompt']}”, seed {meta.get('seed')}" if meta.get("prompt") else ""
         size = f"{image.shape[1]}×{image.shape[0]}"
         self.statusBar().showMessage(f"Opened {Path(path).name} ({size}){hint}", 8000)
@@ -394,8 +494,7 @@ class MainWindow(QMainWindow):
             self.show_error("Could not save", f"{path}: {exc}")
             return False
         self.file_path = str(path)
-        self.doc.undo.setClean()
-        self._update_title()
+        self.unsaved = False
         self.statusBar().showMessage(f"Saved {path}", 6000)
         return True
 
@@ -479,10 +578,14 @@ class MainWindow(QMainWindow):
         if not shiboken6.isValid(self.doc.undo):  # a late signal while the window is being destroyed
             return
         name = Path(self.file_path).name if self.file_path else "Untitled"
-        star = "" if self.doc.undo.isClean() else " •"
+        star = " •" if self.unsaved else ""
         self.setWindowTitle(f"{name}{star} — Tessera Studio")
 
     def closeEvent(self, event) -> None:  # noqa: N802
+        # The window manager's close button asks like Quit does; a close() from code does not.
+        if event.spontaneous() and not self.confirm_replace("quit"):
+            event.ignore()
+            return
         self.session.stop()
         if self.autosave:
             self.session.save_if_dirty()

@@ -16,6 +16,7 @@ from PySide6.QtWidgets import QApplication, QMenu, QMessageBox
 from studio_fakes import FakeEngine, noise
 
 from app import mask as M
+from app.dialogs import LogWindow, log_path
 from app.imageutil import png_bytes
 from app.window import MainWindow
 from engine.errors import BundleError
@@ -255,14 +256,18 @@ def test_queue_view_cancels_the_job_of_its_row(qtbot, studio):
 def test_engine_failure_shows_a_message_and_the_studio_keeps_running(qtbot, studio, monkeypatch):
     win, engine = studio
     opened = []
-    monkeypatch.setattr(QDesktopServices, "openUrl", lambda url: opened.append(url.toLocalFile()) or True)
+    monkeypatch.setattr(QDesktopServices, "openUrl", lambda url: opened.append(url.toLocalFile()) or False)
     engine.fail_with = "the decoder produced NaNs"
     run_and_wait(qtbot, win)
     box = win.last_error
     assert isinstance(box, QMessageBox) and box.isVisible() and not box.isModal()
     assert "the decoder produced NaNs" in box.text()
-    next(b for b in box.buttons() if b.text() == "View log").click()
-    assert opened and opened[0].endswith(os.path.join("logs", "tessera.log"))
+    log_file = log_path()
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    log_file.write_text("12:00 WARNING app.window: the decoder produced NaNs\n")
+    next(b for b in box.buttons() if b.text() == "View log").click()  # no desktop handler for .log files
+    shown = [w for w in win.findChildren(LogWindow) if w.isVisible()]
+    assert shown and "the decoder produced NaNs" in shown[0].text.toPlainText() and not opened
     engine.fail_with = None
     job = run_and_wait(qtbot, win)
     assert win.queue.records[job].state == "done"
@@ -491,5 +496,6 @@ def test_ui_never_stalls_during_streaming(qtbot, studio, tmp_path, record_proper
             break
     record_property("max_stall_ms", [round(t, 1) for t in tries])
     print(f"\nevent-loop max gap while streaming, per try: {', '.join(f'{t:.1f} ms' for t in tries)}")
-    assert len(win.candidates.items) == 2 and len(win.history.entries) == 2 * len(tries)
+    # every finished job's candidates stay (4 generated, 2 inpainted per try) until accepted or discarded
+    assert len(win.candidates.items) == 6 * len(tries) and len(win.history.entries) == 2 * len(tries)
     assert min(tries) < 50
