@@ -125,11 +125,15 @@ class CanvasView(QGraphicsView):
 
     @staticmethod
     def _checker_brush() -> QBrush:
-        tile = QPixmap(16, 16)
-        tile.fill(QColor(86, 86, 90))
+        """Transparency: thin diagonal blue-grey lines, a pattern no opaque model output is mistaken
+        for (a checkerboard is: generated checkered backgrounds look the same)."""
+        tile = QPixmap(12, 12)
+        tile.fill(QColor(70, 74, 86))
         p = QPainter(tile)
-        p.fillRect(0, 0, 8, 8, QColor(118, 118, 124))
-        p.fillRect(8, 8, 8, 8, QColor(118, 118, 124))
+        p.setRenderHint(QPainter.RenderHint.Antialiasing)
+        p.setPen(QPen(QColor(104, 116, 150), 1.5))
+        for offset in (-12, 0, 12):
+            p.drawLine(offset, 12, offset + 12, 0)
         p.end()
         return QBrush(tile)
 
@@ -239,6 +243,17 @@ class CanvasView(QGraphicsView):
         brush = QBrush(self._checker)
         brush.setTransform(QTransform.fromScale(1 / self.zoom(), 1 / self.zoom()))  # squares stay 8 px
         painter.fillRect(self.doc_rect(), brush)
+        painter.restore()
+
+    def drawForeground(self, painter: QPainter, rect: QRectF) -> None:  # noqa: N802
+        if not self.doc.is_blank():
+            return
+        painter.save()
+        painter.resetTransform()  # text in screen pixels, centred on the canvas
+        painter.setPen(QColor(200, 206, 220))
+        box = self.mapFromScene(self.doc_rect()).boundingRect()
+        text = "Empty canvas (transparent)\nGenerate or open an image"
+        painter.drawText(box, Qt.AlignmentFlag.AlignCenter, text)
         painter.restore()
 
     # -- tools -------------------------------------------------------------------------------------

@@ -109,7 +109,8 @@ class Controller(QObject):
             return self._refuse("Paint a mask over the part to regenerate first (brush: B).")
         keys = SAMPLING if task == "generate" else GUIDED_SAMPLING
         sampling = {k: sampling[k] for k in keys if k in sampling}
-        params = {"task": task, "prompt": text, "seed": seed, "settings": {**sampling, "seed": seed}}
+        params = {"task": task, "prompt": text, "seed": seed, "settings": {**sampling, "seed": seed},
+                  "layout": layout, "boxes": boxes}  # what an interrupted job needs to run again
         label = f"{LABELS.get(task) or TASKS[task][0]} · {_short(text)}"
         if task == "generate":
             def call(engine, _):
@@ -201,7 +202,7 @@ class Controller(QObject):
                 return _library_call(engine, None)
             except UnsupportedTaskError:
                 return [], None
-        return self.win.queue.submit("library", "Library", listing)
+        return self.win.queue.submit("library", "Library", listing, {"quiet": True})  # no "Done" message
 
     def _refuse(self, text: str) -> None:
         self.message.emit(text)
@@ -241,7 +242,7 @@ class Controller(QObject):
             self.progress.emit(0, 0, 0.0)
         if record.task == "library" and state != "done":
             self.win.retrieval.set_indexing(None)
-        if state == "done" and record.task != "load":  # replaces "Running: …"; task messages follow
+        if state == "done" and record.task != "load" and not record.params.get("quiet"):  # replaces "Running"
             self.message.emit(f"Done: {record.label}")
         if state == "cancelled":
             self.message.emit(f"Cancelled: {record.label}")

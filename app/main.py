@@ -52,8 +52,9 @@ def create_studio(args: argparse.Namespace):
     demo = bool(getattr(args, "demo", False))
     bundle = getattr(args, "bundle", None)
     log.info("studio starting (style %s, log %s, bundle %s, demo %s)", style, log_file, bundle, demo)
-    # A demo screenshot must not read or overwrite the artist's autosaved session.
-    win = MainWindow(engine_factory(bundle, demo), settings, autosave=not demo, restore=not demo)
+    # A screenshot or a demo must not read or overwrite the artist's autosaved session.
+    own = not demo and not getattr(args, "screenshot", None)
+    win = MainWindow(engine_factory(bundle, demo), settings, autosave=own, restore=own)
     return app, win
 
 
@@ -62,7 +63,7 @@ def run_studio(args: argparse.Namespace) -> int:
     if getattr(args, "screenshot", None):
         from app.screenshot import take_screenshot
 
-        return take_screenshot(win, args.screenshot, demo=bool(getattr(args, "demo", False)))
+        return take_screenshot(win, args.screenshot)
     win.show()
     return app.exec()
 

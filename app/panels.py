@@ -71,7 +71,7 @@ class CandidatesStrip(QWidget):
         self.list.setWrapping(False)
         self.list.setIconSize(QSize(88, 88))
         self.list.setMovement(QListView.Movement.Static)
-        self.list.setFixedHeight(128)
+        self.list.setFixedHeight(128 + self.list.horizontalScrollBar().sizeHint().height())  # numbers show
         self.list.setSpacing(6)
         self.list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
         self.list.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)

@@ -139,6 +139,7 @@ class PromptPanel(QWidget):
         self.seed_mode = QComboBox(toolTip="Random: a new seed every run · Fixed: keep it (lock) · "
                                            "Increment: +1 after every run")
         self.seed_mode.addItems([m.capitalize() for m in SEED_MODES])
+        self.seed_mode.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)  # "Increment" whole
         dice = QToolButton(toolTip="New random seed")
         theme.set_icon(dice, "dice")
         dice.clicked.connect(lambda: self.seed.setValue(random.randint(0, MAX_SEED)))

@@ -1,9 +1,11 @@
-"""`tessera studio --screenshot FILE [--demo]`: render the window offscreen and exit.
+"""`tessera studio --screenshot FILE [--demo] [--bundle DIR]`: render the window offscreen and exit.
 
-With --demo the studio is driven through its real job pipeline (the demo engine streams events
-through the worker thread exactly as a model would) into one of these states, picked by FILE's
-name: generating.png (mid-stream), mask.png, segmentation.png, caption.png; any other name shows
-all of it at once (an image, a painted mask, a segmentation overlay and a caption).
+The studio is driven through its real job pipeline - with the bundled model (or --bundle), or with
+the demo engine (--demo), which streams events through the worker thread exactly as a model would -
+into one of these states, picked by FILE's name: generating.png (mid-stream), mask.png,
+segmentation.png, caption.png, layout.png (layout painting), regions.png (labelled boxes); any
+other name shows an image, a painted mask, a segmentation overlay and a caption at once. The
+guide's screenshots are made with the bundled model by `python docs/screenshots/make.py`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import QEventLoop
+from PySide6.QtCore import QEventLoop, Qt
 from PySide6.QtWidgets import QApplication
 
 from app.demo_engine import COLORS
@@ -22,7 +24,7 @@ from app.window import MainWindow
 from engine.events import PartialImage
 
 log = logging.getLogger(__name__)
-STATES = ("generating", "mask", "segmentation", "caption")
+STATES = ("generating", "mask", "segmentation", "caption", "layout", "regions")
 SCENE = "a large red circle, a blue star and a yellow triangle"
 
 
@@ -82,7 +84,8 @@ def _colour_centre(win: MainWindow, colour: str) -> tuple[float, float]:
 
 
 def _stage(win: MainWindow, state: str) -> Callable[[], None] | None:
-    """Drive the studio into `state`; returns a grab function when the grab must happen mid-job."""
+    """Drive the studio into `state`; returns a grab function when the grab must happen mid-job.
+    A demo engine draws exactly what the prompts name; a model draws what it learned."""
     if state == "generating":
         _generate(win, "a purple heart on a cream background", 11, n=2)
         _generate(win, "a green cross and a pink square", 5, n=2, accept=False)
@@ -91,6 +94,12 @@ def _stage(win: MainWindow, state: str) -> Callable[[], None] | None:
         win.prompt.set_seed(7, "fixed")
         return lambda: win.controller.run()
     _generate(win, SCENE, 7)
+    if state == "layout":
+        _layout(win)
+        return None
+    if state == "regions":
+        _regions(win)
+        return None
     if state in ("mask", "all"):
         _paint_mask(win)
         win.prompt.set_task("inpaint")
@@ -113,7 +122,36 @@ def _stage(win: MainWindow, state: str) -> Callable[[], None] | None:
     return None
 
 
-def take_screenshot(win: MainWindow, path: str | Path, demo: bool) -> int:
+def _layout(win: MainWindow) -> None:
+    """Segment the image, start the layout from it, paint a star in the corner, generate from it."""
+    _finish(win, win.controller.segment())
+    win.layout.from_segmentation()
+    win.layers.seg_visible.setChecked(False)
+    names = win.engine_info["seg_class_names"] if win.engine_info else ()
+    star = names.index("star") if "star" in names else 1
+    win.compose.swatches.button(star).click()
+    win.canvas.set_brush(size=150)
+    for x, y, drag in ((46, 46, False), (54, 50, True), (50, 56, True)):
+        win.layout.drag(x, y) if drag else win.layout.press(x, y, Qt.KeyboardModifier.NoModifier)
+    win.layout.release()
+    win.prompt.set_prompt("a red circle and a yellow star")
+    win.show_panel("compose")
+    _finish(win, win.controller.run_layout())
+    win.candidates.list.setCurrentRow(0)
+
+
+def _regions(win: MainWindow) -> None:
+    """Two labelled boxes, the second selected, and the images generated with them."""
+    win.act["boxes"].trigger()
+    win.regions.add("a red circle", (16, 24, 120, 128))
+    win.regions.add("a blue star", (136, 120, 240, 232))
+    win.prompt.set_prompt("a red circle and a blue star")
+    win.show_panel("compose")
+    _finish(win, win.controller.run_regions())
+    win.candidates.list.setCurrentRow(0)
+
+
+def take_screenshot(win: MainWindow, path: str | Path) -> int:
     path = Path(path)
     state = path.stem if path.stem in STATES else "all"
     win.resize(1440, 900)
@@ -121,7 +159,7 @@ def take_screenshot(win: MainWindow, path: str | Path, demo: bool) -> int:
     if not wait_until(lambda: win.queue.records and all(
             r.state != "running" and r.state != "queued" for r in win.queue.records.values()), 60):
         log.warning("the model did not finish loading before the screenshot")
-    start = _stage(win, state) if demo else None
+    start = _stage(win, state)
     if start is not None:  # grab mid-stream: once the image is five rows in
         grabbed: list = []
 

@@ -18,9 +18,11 @@ from PySide6.QtWidgets import (
     QFrame,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QMainWindow,
     QMenu,
     QMessageBox,
+    QPlainTextEdit,
     QProgressBar,
     QPushButton,
     QScrollArea,
@@ -29,7 +31,6 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app import mask as M
 from app import theme
 from app.canvas import CanvasView
 from app.compose_panel import ComposePanel
@@ -325,7 +326,8 @@ class MainWindow(QMainWindow):
         self.canvas.context_requested.connect(self._context_menu)
         self.canvas.files_dropped.connect(lambda paths: self.confirm_replace("open the dropped image")
                                           and self.open_path(paths[0]))
-        self.canvas.zoom_changed.connect(lambda z: self.zoom_label.setText(f"{z * 100:.0f} %"))
+        self.canvas.zoom_changed.connect(self._update_zoom_label)
+        self.doc.image_changed.connect(self._update_zoom_label)
         self.canvas.brush_changed.connect(self._update_brush_label)
         self.canvas.message.connect(lambda m: self.statusBar().showMessage(m, 6000))
         c.message.connect(lambda m: self.statusBar().showMessage(m, 8000))
@@ -337,6 +339,8 @@ class MainWindow(QMainWindow):
         self.queue.ended.connect(self._on_load_ended)
         self.doc.undo.cleanChanged.connect(self._update_title)
         self.doc.undo.indexChanged.connect(self._update_title)
+        self.doc.undo.indexChanged.connect(self._update_undo_texts)
+        QApplication.instance().focusChanged.connect(self._on_focus)
         self._update_brush_label()
 
     # -- engine ------------------------------------------------------------------------------------
@@ -507,9 +511,9 @@ class MainWindow(QMainWindow):
         """White = masked, at the image's resolution (what `tessera inpaint --mask` reads)."""
         from engine.pngmeta import save_png
 
-        alpha = M.to_alpha(self.doc.mask, (self.doc.height, self.doc.width))
+        masked = self.doc.engine_mask()  # the pixels inpainting regenerates: pure black and white
         try:
-            save_png(path, np.rint(alpha * 255).astype(np.uint8))
+            save_png(path, np.where(masked, 255, 0).astype(np.uint8))
         except (OSError, TesseraError) as exc:
             self.show_error("Could not export the mask", f"{path}: {exc}")
             return False
@@ -571,8 +575,25 @@ class MainWindow(QMainWindow):
             self.progress.setValue(done)
             self.progress.setFormat(f"%v/%m tokens · {rate:.0f} tok/s")
 
+    def _update_undo_texts(self, *_: object) -> None:
+        """Edit › Undo / Redo name the canvas change they act on ("Undo Brush")."""
+        for key, text in (("undo", self.doc.undo.undoText()), ("redo", self.doc.undo.redoText())):
+            self.act[key].setText(f"&{key.capitalize()} {text}".rstrip())
+
+    def _on_focus(self, _old, new) -> None:
+        """Ctrl+Z in a text field undoes typing there: say so, and where the canvas's undo is."""
+        text_field = isinstance(new, (QPlainTextEdit, QLineEdit))
+        if text_field and shiboken6.isValid(self) and self.isAncestorOf(new):
+            self.statusBar().showMessage("Ctrl+Z here undoes typing; Edit › Undo (or Ctrl+Z on the canvas) "
+                                         "undoes canvas changes.", 5000)
+
+    def _update_zoom_label(self, *_: object) -> None:
+        """The zoom of an image; an empty canvas has none to speak of."""
+        blank = self.doc.is_blank()
+        self.zoom_label.setText("" if blank else f"{self.canvas.zoom() * 100:.0f} %")
+
     def _update_brush_label(self) -> None:
-        self.brush_label.setText(f"{self.canvas.tool.capitalize()} · {self.canvas.brush_size} px")
+        self.brush_label.setText(f"{self.canvas.tool.capitalize()} · {self.canvas.brush_size} px on screen")
 
     def _update_title(self, *_: object) -> None:
         if not shiboken6.isValid(self.doc.undo):  # a late signal while the window is being destroyed
