@@ -48,8 +48,9 @@ def _settle(win: MainWindow) -> None:
 
 
 def _finish(win: MainWindow, job_id: int | None) -> None:
-    if job_id is None or not wait_until(lambda: win.queue.records[job_id].state in ("done", "failed")):
-        raise RuntimeError(f"demo job {job_id} did not finish")
+    """Wait for a job (a model on a busy machine may take minutes)."""
+    if job_id is None or not wait_until(lambda: win.queue.records[job_id].state in ("done", "failed"), 600):
+        raise RuntimeError(f"screenshot job {job_id} did not finish")
 
 
 def _generate(win: MainWindow, prompt: str, seed: int, n: int = 3, accept: bool = True) -> None:
@@ -157,7 +158,7 @@ def take_screenshot(win: MainWindow, path: str | Path) -> int:
     win.resize(1440, 900)
     win.show()
     if not wait_until(lambda: win.queue.records and all(
-            r.state != "running" and r.state != "queued" for r in win.queue.records.values()), 60):
+            r.state != "running" and r.state != "queued" for r in win.queue.records.values()), 600):
         log.warning("the model did not finish loading before the screenshot")
     start = _stage(win, state)
     if start is not None:  # grab mid-stream: once the image is five rows in
@@ -170,7 +171,7 @@ def take_screenshot(win: MainWindow, path: str | Path) -> int:
 
         win.queue.event.connect(on_event)
         start()
-        wait_until(lambda: bool(grabbed))
+        wait_until(lambda: bool(grabbed), 600)
         win.cancel_active()
         image = grabbed[0] if grabbed else win.grab()
     else:

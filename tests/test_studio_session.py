@@ -152,7 +152,7 @@ def test_unchanged_images_are_not_rewritten_and_old_ones_are_removed(qtbot, tess
     win.doc.reset(noise(32, 32, seed=2))
     win.session.save()
     now = {p.name for p in blobs.iterdir()}
-    assert len(now) == 2 and now != set(first)  # new canvas blob, old one deleted; mask blob kept
+    assert len(now) == 3 and now != set(first)  # new canvas blob, old one deleted; mask and layout kept
     assert not list((tessera_home / "session").glob("*.tmp")) and not list(blobs.glob(".*"))
 
 
