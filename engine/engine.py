@@ -142,10 +142,11 @@ class Engine:
     def retrieve(self, k: int, *, text: str | None = None, image: np.ndarray | None = None
                  ) -> list[tuple[RetrievedDocument, np.ndarray]]:
         """Up to k documents from the bundle's memory bank and the user library, best first, each as
-        (what the user sees, the document's ids for the prompt)."""
+        (what the user sees, the document's ids for the prompt), chosen by the bank's inference rules
+        (the closest documents are kept: no anti-copy rule for a prompt, engine.memory.SelectionRules)."""
         if self.retriever is None or k <= 0:
             return []
-        from engine.memory import retrieve
+        from engine.memory import INFERENCE_RULES, retrieve
         from engine.retriever import document_embeddings
 
         sources = {name: src for name, src in (("bundle", self.bank), ("library", self._library_if_any()))
@@ -156,7 +157,7 @@ class Engine:
             query = document_embeddings(self.retriever, [text], [image])
         except BadInputError:  # e.g. a flat image embeds to nothing: retrieval is an aid, skip it
             return []
-        rules = self.bank.rules if self.bank is not None else None
+        rules = self.bank.inference_rules if self.bank is not None else INFERENCE_RULES
         out = []
         for name, doc_id, score in retrieve(list(sources.items()), query, k, rules=rules)[0]:
             doc_text, picture = sources[name].document(doc_id)

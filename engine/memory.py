@@ -1,11 +1,12 @@
 """The retrieval memory bank: a FAISS index over document embeddings, the document table, and
-the selection rules of DESIGN.md §5 (RA-CM3 / CM3Leon §2.1).
+the selection rules of docs/retrieval.md (RA-CM3 / CM3Leon §2.1).
 
 A bank is a folder:
 
     index.faiss   faiss.write_index output (never pickle)
     table.npz     texts (UTF-8 bytes + offsets), image codes, has_text, has_image, ids (compressed)
     params.json   index kind, storage and parameters, the dimension, the count, the selection rules
+                  (for training queries and for inference)
 
 Scores are inner products of L2-normalised vectors, i.e. cosine similarities in [-1, 1].
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import cast
 
@@ -36,12 +37,35 @@ STORAGES = ("fp32", "fp16")
 
 @dataclass(frozen=True)
 class SelectionRules:
-    """Which retrieved candidates become context (DESIGN.md §5)."""
+    """Which retrieved candidates become context (docs/retrieval.md).
 
-    max_relevance: float = 0.9  # a candidate this close to the query is a near duplicate: skipped
+    A bank keeps two sets. Training queries are documents of the corpus itself, so a candidate this
+    close to the query is (nearly) the query: max_relevance keeps it from being copied. An artist's
+    prompt at inference is no document of the bank: the closest documents are what was asked for,
+    so the inference rules have no max_relevance (None) by default, and drop only near-copies of an
+    already chosen document (with repeated captions, documents of one subject are > 0.9 alike)."""
+
+    max_relevance: float | None = 0.9  # a candidate this close to the query is skipped; None: none is
     max_similarity: float = 0.9  # ...and one this close to an already selected document is redundant
     multimodal_bonus: float = 0.05  # added to the relevance of text+image documents when ranking
     depth: int = 8  # candidates fetched per requested document before the rules thin them out
+
+    @classmethod
+    def from_dict(cls, values: dict, base: SelectionRules | None = None) -> SelectionRules:
+        """`base` (default: the training rules) with some fields replaced; one-line error on others."""
+        fields = set(asdict(cls()))
+        unknown = sorted(set(values) - fields)
+        if unknown:
+            raise BadInputError(f"unknown retrieval rule {unknown[0]!r} (known: {', '.join(sorted(fields))})")
+        rules = replace(base or cls(), **values)
+        if rules.depth < 1 or not all(isinstance(v, int | float) for k, v in asdict(rules).items()
+                                      if not (k == "max_relevance" and v is None)):
+            raise BadInputError(f"retrieval rules must be numbers (max_relevance may be null), depth >= 1: "
+                                f"{asdict(rules)}")
+        return rules
+
+
+INFERENCE_RULES = SelectionRules(max_relevance=None, max_similarity=0.97)
 
 
 @dataclass(frozen=True)
@@ -190,7 +214,7 @@ def select(scores: np.ndarray, vectors: np.ndarray, multimodal: np.ndarray, k: i
     rank = scores + rules.multimodal_bonus * multimodal.astype(np.float32)
     chosen: list[int] = []
     for i in np.argsort(-rank, kind="stable"):
-        if scores[i] > rules.max_relevance:
+        if rules.max_relevance is not None and scores[i] > rules.max_relevance:
             continue
         if chosen and float(np.max(vectors[chosen] @ vectors[i])) > rules.max_similarity:
             continue
@@ -201,26 +225,34 @@ def select(scores: np.ndarray, vectors: np.ndarray, multimodal: np.ndarray, k: i
 
 
 class MemoryBank:
+    """`rules` select what a training query retrieves (`search`), `inference_rules` what a prompt does
+    (engine.Engine.retrieve); both are stored in params.json. A bank saved before the two were told
+    apart gets the default inference rules."""
+
     def __init__(self, index: faiss.Index, table: DocumentTable, params: dict,
-                 rules: SelectionRules | None = None) -> None:
+                 rules: SelectionRules | None = None, inference_rules: SelectionRules | None = None) -> None:
         if index.ntotal != len(table):
             raise BundleError(f"memory index holds {index.ntotal} vectors, the table {len(table)} documents")
         self.index, self.table, self.params = index, table, params
-        self.rules = rules or SelectionRules(**params.get("rules", {}))
+        self.rules = rules or SelectionRules.from_dict(params.get("rules", {}))
+        self.inference_rules = inference_rules or SelectionRules.from_dict(
+            params.get("inference_rules", {}), INFERENCE_RULES)
         self._position = {int(d): i for i, d in enumerate(table.ids)}
 
     # -- construction and persistence ------------------------------------------------------
     @classmethod
     def build(cls, doc_embeddings: np.ndarray, table: DocumentTable, *, spec: IndexSpec | None = None,
-              rules: SelectionRules | None = None) -> MemoryBank:
+              rules: SelectionRules | None = None, inference_rules: SelectionRules | None = None,
+              meta: dict | None = None) -> MemoryBank:
+        """meta: more params.json entries (what the bank was built from)."""
         vecs = _as_vectors(doc_embeddings)
         if len(vecs) != len(table):
             raise BadInputError(f"{len(vecs)} embeddings for {len(table)} documents")
-        rules = rules or SelectionRules()
+        rules, inference_rules = rules or SelectionRules(), inference_rules or INFERENCE_RULES
         index, params = make_index(vecs, spec or IndexSpec())
         params = {"format": FORMAT_VERSION, **params, "dim": vecs.shape[1], "count": len(vecs),
-                  "metric": "inner_product", "rules": asdict(rules)}
-        return cls(index, table, params, rules)
+                  "metric": "inner_product", **(meta or {})}
+        return cls(index, table, params, rules, inference_rules)
 
     def subset(self, count: int, spec: IndexSpec | None = None) -> MemoryBank:
         """A bank of the first `count` documents, its index rebuilt from this one's vectors (no
@@ -228,8 +260,9 @@ class MemoryBank:
         so its first N are a fair sample, and the documents `tessera index build --docs N` embeds."""
         if not 0 < count <= len(self):
             raise BadInputError(f"a subset of this bank holds 1 to {len(self)} documents, not {count}")
+        meta = {"built_from": self.params["built_from"]} if "built_from" in self.params else None
         return MemoryBank.build(self.index.reconstruct_n(0, count), self.table.head(count), spec=spec,
-                                rules=self.rules)
+                                rules=self.rules, inference_rules=self.inference_rules, meta=meta)
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
@@ -237,7 +270,7 @@ class MemoryBank:
         atomic_write(folder / INDEX_FILE, lambda tmp: faiss.write_index(self.index, tmp))
         self.table.save(folder / TABLE_FILE)
         # params.json last: a folder whose params disagree with its index is refused on load.
-        params = {**self.params, "rules": asdict(self.rules)}
+        params = {**self.params, "rules": asdict(self.rules), "inference_rules": asdict(self.inference_rules)}
         atomic_write_text(folder / PARAMS_FILE, json.dumps(params, indent=2))
 
     @classmethod
@@ -297,7 +330,7 @@ class MemoryBank:
 
     def search(self, query_vecs: np.ndarray, k: int = 2, *,
                exclude_ids: Sequence[Collection[int]] | None = None) -> list[list[tuple[int, float]]]:
-        """Up to k (doc_id, relevance) per query, chosen by the selection rules.
+        """Up to k (doc_id, relevance) per query, chosen by the (training) selection rules.
 
         exclude_ids: one collection of document ids per query (e.g. the query document itself).
         """

@@ -12,6 +12,7 @@ from PIL import Image
 from engine.errors import BadInputError, BundleError
 from engine.library import UserLibrary
 from engine.memory import (
+    INFERENCE_RULES,
     DocumentTable,
     HNSWParams,
     IndexSpec,
@@ -106,6 +107,52 @@ def test_rules_search_deeper_when_short():
     bank = MemoryBank.build(np.stack(dups + others), table(50), rules=SelectionRules(depth=2))
     (row,) = bank.search(q, k=2)
     assert len(row) == 2 and all(d >= 40 for d, _ in row)
+
+
+def repeated_caption_bank(subjects=10, per_subject=20, templates=5, dim=64, seed=0):
+    """Documents of a folder whose captions repeat (ten subjects, five caption templates), embedded as
+    a bi-encoder does: a caption's text vector lies near its subject's direction, and so does each of
+    the subject's images. A document is mean(text, image), renormalised (engine.retriever)."""
+    rng = np.random.default_rng(seed)
+    subject = unit(rng.standard_normal((subjects, dim)))
+    template = unit(rng.standard_normal((templates, dim)))
+    captions = unit(subject[:, None] + 0.3 * template[None])  # (subject, template) -> text vector
+    labels = np.repeat(np.arange(subjects), per_subject)
+    which = rng.integers(templates, size=len(labels))
+    images = unit(subject[labels] + 0.5 * unit(rng.standard_normal((len(labels), dim))))
+    docs = unit(captions[labels, which] + images)
+    texts = [f"subject {s}, template {t}" for s, t in zip(labels, which, strict=True)]
+    return captions, labels, MemoryBank.build(docs, table(len(labels), texts=texts))
+
+
+def test_a_prompt_retrieves_the_documents_it_names(tmp_path):
+    """The anti-copy rule (relevance > 0.9) is for training queries, which are documents of the bank;
+    an artist's prompt that repeats a training caption must still retrieve the documents it names."""
+    captions, labels, bank = repeated_caption_bank()
+    queries = captions.reshape(-1, captions.shape[-1])  # every subject's every caption as a prompt
+    wanted = np.repeat(np.arange(captions.shape[0]), captions.shape[1])
+    scores, raw = bank.nearest(queries, 4)
+    assert (labels[raw] == wanted[:, None]).all() and (scores > 0.9).all()  # what the artist asks for
+    training = bank.search(queries, k=4)  # the training rules throw every one of them away
+    assert all(s <= 0.9 for row in training for _, s in row)
+    assert np.mean([labels[d] == w for row, w in zip(training, wanted, strict=True) for d, _ in row]) < 0.5
+    bank.save(tmp_path / "mem")
+    params = json.loads((tmp_path / "mem" / "params.json").read_text())
+    assert params["inference_rules"]["max_relevance"] is None and params["rules"]["max_relevance"] == 0.9
+    for rules in (bank.inference_rules, MemoryBank.load(tmp_path / "mem").inference_rules):
+        hits = retrieve([("bank", bank)], queries, 4, rules=rules)
+        assert all(len(row) == 4 and all(labels[d] == w for _, d, _ in row)
+                   for row, w in zip(hits, wanted, strict=True))
+
+
+def test_rules_from_dict():
+    rules = SelectionRules.from_dict({"max_relevance": None, "depth": 4})
+    assert rules.max_relevance is None and rules.depth == 4 and rules.max_similarity == 0.9
+    assert SelectionRules.from_dict({}, INFERENCE_RULES) == INFERENCE_RULES
+    with pytest.raises(BadInputError, match="unknown retrieval rule 'max_relevence'"):
+        SelectionRules.from_dict({"max_relevence": 0.5})
+    with pytest.raises(BadInputError, match="numbers"):
+        SelectionRules.from_dict({"max_similarity": "high"})
 
 
 def test_save_load_round_trip(tmp_path):

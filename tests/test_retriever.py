@@ -211,3 +211,25 @@ def test_clip_adapter_local_model(tmp_path):
     assert text_image_score(clip, "red", np.zeros((3, 64, 64, 3), np.uint8)).shape == (3,)
     with pytest.raises(BadInputError):
         CLIPEmbedder.load(tmp_path / "nowhere")
+
+
+def test_training_checkpoints_are_safetensors_and_resume_exactly(tmp_path):
+    """No pickle: the checkpoint is safetensors + JSON; 2 steps, then --resume to 4 = 4 steps at once."""
+    from engine.errors import BadInputError
+    from training.retriever_train import RetrieverTrainConfig, train
+
+    def config(out, steps):  # warmup beyond the run: the learning rates do not depend on `steps`
+        return RetrieverTrainConfig(data="shapes", out=str(tmp_path / out), steps=steps, batch_size=8,
+                                    warmup=10, scenes=16, threads=1, log_every=100, ckpt_every=2, model=TINY)
+
+    straight, _ = train(config("a", 4), quiet=True)
+    train(config("b", 2), quiet=True)
+    assert not list((tmp_path / "b").rglob("*.pt"))
+    assert {p.name for p in (tmp_path / "b" / "checkpoints" / "step-000002").iterdir()} == \
+        {"model.safetensors", "trainer.safetensors", "state.json"}
+    resumed, _ = train(config("b", 4), resume=True, quiet=True)
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    (tmp_path / "b" / "checkpoint.pt").write_bytes(b"older pickle")
+    with pytest.raises(BadInputError, match="pickle"):
+        train(config("b", 4), resume=True, quiet=True)

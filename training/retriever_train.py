@@ -7,7 +7,7 @@ Shapes World: `scenes` train scenes are rendered once; every step draws a fresh 
 each caption with `caption(scene, rng)`, so the text side never sees the same string twice in a
 row. A folder dataset trains on its captioned images. The run folder holds
 
-    checkpoint.pt      model + optimizer + step (loaded with weights_only=True), for --resume
+    checkpoints/       model, optimizer and RNG in safetensors + JSON (training/checkpoint.py), for --resume
     log.jsonl          one line per logged step
     config.json, retriever.safetensors, text_encoder.onnx, image_encoder.onnx   the retriever
 """
@@ -29,6 +29,7 @@ from engine.errors import BadInputError
 from engine.io import atomic_write, atomic_write_text
 from engine.nn.retriever import BiEncoder, RetrieverConfig
 from engine.retriever import CONFIG_FILE, FORMAT, IMAGE_IO, TEXT_IO, OnnxRetriever, encode_bytes
+from training import checkpoint
 
 
 @dataclass
@@ -118,11 +119,14 @@ def train(cfg: RetrieverTrainConfig, resume: bool = False, quiet: bool = False) 
     model = BiEncoder(cfg.model)
     opt = make_optimizer(model, cfg)
     start = 0
-    ckpt = out / "checkpoint.pt"
-    if resume and ckpt.is_file():
-        state = torch.load(ckpt, weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
+    if (out / "checkpoint.pt").is_file():  # written by older versions: a pickle, never loaded
+        raise BadInputError(f"{out / 'checkpoint.pt'} is a pickle checkpoint of an older version, which "
+                            "Tessera does not load: delete it and train again")
+    if resume and checkpoint.latest_checkpoint(out) is not None:
+        model_state, optim_state, state = checkpoint.load_checkpoint(checkpoint.latest_checkpoint(out))
+        model.load_state_dict(model_state)
+        # optimizer state keys are parameter numbers (JSON turned them into strings)
+        opt.load_state_dict({**optim_state, "state": {int(k): v for k, v in optim_state["state"].items()}})
         start = int(state["step"])
     t0 = time.time()
     data = PairData(cfg)
@@ -148,8 +152,8 @@ def train(cfg: RetrieverTrainConfig, resume: bool = False, quiet: bool = False) 
                 print(f"step {last['step']}/{cfg.steps} loss {last['loss']:.3f} acc {last['acc']:.3f} "
                       f"{last['s']:.0f}s", file=sys.stderr)
         if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
-            state = {"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1}
-            atomic_write(ckpt, lambda tmp, state=state: torch.save(state, tmp))
+            checkpoint.save_checkpoint(out, step + 1, model.state_dict(), opt.state_dict(),
+                                       {"model": cfg.model.to_dict()}, keep=1)
     model.eval()
     return model, {**last, "train_s": round(time.time() - t0, 1)}
 
@@ -230,7 +234,9 @@ def parity(model: BiEncoder, out: Path, seed: int = 0) -> dict:
 def run(cfg: RetrieverTrainConfig, resume: bool = False, quiet: bool = False) -> dict:
     """Train, evaluate recall on Shapes World test (for shapes data), export; return the report."""
     model, summary = train(cfg, resume=resume, quiet=quiet)
-    metrics = {"train": summary, "config": {k: v for k, v in asdict(cfg).items() if k != "model"}}
+    shapes_only = () if cfg.data == "shapes" else ("scenes", "eval_n")
+    metrics = {"train": summary,
+               "config": {k: v for k, v in asdict(cfg).items() if k not in ("model", *shapes_only)}}
     if cfg.data == "shapes":
         texts, images = shapes_eval_set(cfg.eval_n, cfg.model.image_size)
         metrics["shapes_test"] = {"pool": len(texts), **recall_at(model, texts, images)}
