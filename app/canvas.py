@@ -125,8 +125,8 @@ class CanvasView(QGraphicsView):
 
     @staticmethod
     def _checker_brush() -> QBrush:
-        """Transparency: thin diagonal blue-grey lines, a pattern no opaque model output is mistaken
-        for (a checkerboard is: generated checkered backgrounds look the same)."""
+        """Transparency: thin blue-grey diagonal lines rather than a checkerboard (generated checkered
+        backgrounds look the same); an empty canvas also says so in words (drawForeground)."""
         tile = QPixmap(12, 12)
         tile.fill(QColor(70, 74, 86))
         p = QPainter(tile)

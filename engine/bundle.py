@@ -1,4 +1,4 @@
-"""Model bundles (DESIGN.md §6): one folder with everything a model needs at run time.
+"""Model bundles (docs/architecture.md, "Model bundle"): one folder with everything a model needs at run time.
 
     config.json            architecture, vocabulary, components, export record (parity, versions)
     model/prefill.onnx     transformer graphs (training/export.py describes their I/O), float32
@@ -24,8 +24,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from engine.errors import BundleError
+from engine.errors import BadInputError, BundleError
 from engine.io import atomic_write_text
+from engine.model_config import ModelConfig
 from engine.vocab import Vocab
 
 BUNDLE_FORMAT = "tessera-bundle/1"
@@ -140,8 +141,8 @@ class Bundle:
         try:
             vocab = Vocab.from_dict(config["vocab"])
             model = config["model"]
-            int(model["vocab_size"]), int(model["max_seq_len"])
-        except (KeyError, TypeError, ValueError) as exc:
+            ModelConfig.from_dict(model)
+        except (KeyError, TypeError, ValueError, BadInputError) as exc:
             raise BundleError(f"{root / CONFIG_FILE} is malformed: {exc}") from None
         if vocab.size > int(model["vocab_size"]):
             raise BundleError(f"{root}: the vocabulary has {vocab.size} ids, the model only "
@@ -216,8 +217,24 @@ class Bundle:
         if precision not in self.precisions:
             raise BundleError(f"{self.root} has no {precision} graphs (export them with `tessera export`)")
         prefill, decode = (self.root / f for f in GRAPHS[precision])
-        return OnnxBackend(prefill, decode, int(self.model_config["vocab_size"]), self.max_len,
-                           device=device, threads=threads, grid=self.grid_cells())
+        backend = OnnxBackend(prefill, decode, int(self.model_config["vocab_size"]), self.max_len,
+                              device=device, threads=threads, grid=self.grid_cells())
+        self._check_graph(backend.decode_session.get_inputs())
+        return backend
+
+    def _check_graph(self, inputs) -> None:
+        """config.json's model against the decode graph it describes: its inputs, one k and one v past
+        per layer, each (batch, n_head, past, head_dim)."""
+        from engine.backends import graph_names
+
+        c = ModelConfig.from_dict(self.model_config)
+        expected = graph_names(c.n_layer, cells=self.grid_cells() is not None)["decode_inputs"]
+        names = [i.name for i in inputs]
+        shapes = {tuple(i.shape[1::2]) for i in inputs if i.name.startswith("past_")}
+        if names != expected or shapes != {(c.n_head, c.head_dim)}:
+            raise BundleError(f"{self.root / CONFIG_FILE} does not describe its graphs: n_layer {c.n_layer}, "
+                              f"n_head {c.n_head}, d_model {c.d_model} against graph inputs "
+                              f"{', '.join(names)} of (heads, head size) {sorted(shapes, key=str)}")
 
     def grid_cells(self):
         """The cells a model with a grid takes beside its ids (engine.backends.GridCells), else None."""

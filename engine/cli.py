@@ -30,10 +30,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for load in _registrars():
         try:
-            load()(sub)
-        except ImportError:  # an optional part (training without torch, a frozen build): no commands from it
+            register = load()
+        except ModuleNotFoundError as exc:  # a package left out (a frozen studio has no training/)
+            if exc.name not in PACKAGES:
+                raise
             continue
+        register(sub)
     return parser
+
+
+# Top-level packages that may be left out of an install; every other ImportError is a bug and surfaces.
+PACKAGES = ("engine", "training", "app")
+# What `pip install "tessera-studio[train]"` adds (pyproject.toml): a command that needs one says so.
+TRAIN_EXTRA = ("torch", "onnx", "onnxscript", "skimage", "transformers")
+
+
+def _missing_extra(exc: ModuleNotFoundError) -> str | None:
+    top = (exc.name or "").partition(".")[0]
+    return top if top in TRAIN_EXTRA else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
         result = args.func(args)
     except TesseraError as exc:
         print(f"tessera: error: {exc}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as exc:
+        if (missing := _missing_extra(exc)) is None:
+            raise
+        print(f"tessera: error: this command needs {missing}: pip install \"tessera-studio[train]\"",
+              file=sys.stderr)
         return 1
     return int(result or 0)
 

@@ -1,4 +1,4 @@
-"""Per-modality decoding loops over a `Backend` (DESIGN.md §4).
+"""Per-modality decoding loops over a `Backend` (docs/architecture.md, "Decoding").
 
 A `Stream` is a prefilled batch: N candidates of one conditional prompt, optionally followed by N
 rows of the unconditional prompt (classifier-free guidance / CD-K run in the same batch). The span

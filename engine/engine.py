@@ -18,7 +18,6 @@ model's.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,7 +30,8 @@ from engine.events import RetrievedDocument
 from engine.formats import caption_image_doc, unconditional_image_prompt
 from engine.jobs import Job
 from engine.layout import check_box, layout_cells
-from engine.sampling import Argmax, guided_sampler
+from engine.sampling import MAX_CFG_SCALE, Argmax, guided_sampler
+from engine.settings import DEFAULTS
 from engine.tasks import (
     Request,
     Retrieval,
@@ -177,9 +177,10 @@ class Engine:
         return out
 
     # -- tasks ----------------------------------------------------------------------------------------
-    def generate(self, prompt: str, *, n: int = 1, seed: int | None = None, cfg: float | None = 3.0,
-                 temperature: float = 1.0, top_p: float = 0.9, cdk_alpha: float | None = None,
-                 cdk_k: int | None = None, retrieve: int = 2) -> Job:
+    def generate(self, prompt: str, *, n: int = 1, seed: int | None = None, cfg: float | None = DEFAULTS.cfg,
+                 temperature: float = DEFAULTS.temperature, top_p: float = DEFAULTS.top_p,
+                 cdk_alpha: float | None = DEFAULTS.cdk_alpha, cdk_k: int | None = DEFAULTS.cdk_k,
+                 retrieve: int = DEFAULTS.retrieve) -> Job:
         """Text -> n candidate images in one batch, best first (retriever score). The guidance stream
         is the prompt with its text replaced by <mask:0>. seed None = a random one, reported."""
         self._require("generate")
@@ -334,8 +335,8 @@ class Engine:
         seed = check_seed(seed)
         if (cdk_alpha is None) != (cdk_k is None):
             raise BadInputError("contrastive decoding needs both cdk_alpha and cdk_k")
-        if cfg is not None and not (isinstance(cfg, (int, float)) and math.isfinite(cfg) and cfg >= 0):
-            raise BadInputError(f"cfg must be a number >= 0, got {cfg!r}")
+        if cfg is not None and not (isinstance(cfg, (int, float)) and 0 <= cfg <= MAX_CFG_SCALE):
+            raise BadInputError(f"cfg must be a number in [0, {MAX_CFG_SCALE:g}], got {cfg!r}")
         cdk = None if cdk_alpha is None else (cdk_alpha, cdk_k)
         # CFG at scale 1 is the conditional stream alone: skip the second stream unless CD-K needs it
         guided = cfg is not None and (cfg != 1.0 or cdk is not None)

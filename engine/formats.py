@@ -1,4 +1,4 @@
-"""Sequence formats (DESIGN.md §3): documents, the CM3 causal-masked transform, prompts, batches.
+"""Sequence formats (docs/architecture.md): documents, the CM3 causal-masked transform, prompts, batches.
 
 Every function takes and returns numpy int64 arrays of ids already in the `Vocab` id space.
 
@@ -9,7 +9,7 @@ Every function takes and returns numpy int64 arrays of ids already in the `Vocab
     captioning by infilling    <eos> <mask:0> <break> I <infill> <mask:0>     (then text, <eos>)
 
 `cm3_transform` does not append `<eos>`: the document boundary belongs to the sequence that
-contains it (`ra_sequence` or `sequence`), which closes the CM3 tail as DESIGN.md says.
+contains it (`ra_sequence` or `sequence`), which closes the CM3 tail as docs/architecture.md says.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from engine.errors import BadInputError
 from engine.events import Finished, PartialImage, Progress, Retrieved
 from engine.jobs import JobCancelledError
 from engine.layout import PALETTE
+from engine.settings import DEFAULTS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -43,13 +45,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-n", type=int, default=1, help="candidates, generated as one batch (default 1)")
     p.add_argument("--seed", type=int, help="random seed (default: a random one, reported)")
     p.add_argument("-o", "--out", type=Path, help="output PNG; with -n N also OUT-1.png ... (best first)")
-    p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (default 3.0)")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-p", type=float, default=0.9)
+    p.add_argument("--cfg", type=float, default=DEFAULTS.cfg,
+                   help=f"classifier-free guidance scale (default {DEFAULTS.cfg})")
+    p.add_argument("--temperature", type=float, default=DEFAULTS.temperature)
+    p.add_argument("--top-p", type=float, default=DEFAULTS.top_p)
     p.add_argument("--cdk-alpha", type=float, help="contrastive top-k alpha (with --cdk-k)")
     p.add_argument("--cdk-k", type=int, help="contrastive top-k k (with --cdk-alpha)")
     p.add_argument("--retrieve", type=int, metavar="K",
-                   help="retrieved documents (default 2, 0 = off; not with --layout or --box)")
+                   help=f"retrieved documents prepended to the prompt (default {DEFAULTS.retrieve}: "
+                   "off; not with --layout or --box)")
     _common(p, _generate)
 
     p = sub.add_parser("caption", help="image -> caption")
@@ -64,7 +68,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("inpaint", help="regenerate the masked region of an image")
     p.add_argument("image", type=Path)
     p.add_argument("prompt", help='what to paint in the masked region ("" to let the model choose)')
-    p.add_argument("--mask", type=Path, required=True, help="mask image, white = regenerate")
+    p.add_argument("--mask", type=Path, required=True,
+                   help="mask image: light pixels (grey level > 127, e.g. white) are regenerated")
     p.add_argument("-o", "--out", type=Path, required=True)
     p.add_argument("--seed", type=int)
     _common(p, _inpaint)
@@ -79,11 +84,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "segment",
         help="image -> class map and coloured overlay",
-        epilog="Writes OUT (overlay), OUT.classes.npy (the class grid) and OUT.classes.png "
-        "(per-pixel class ids as grey levels).",
+        epilog="Writes OUT (the overlay) and beside it NAME.classes.npy (the class grid) and "
+        "NAME.classes.png (per-pixel class ids as grey levels), NAME being OUT without .png: "
+        "-o seg.png writes seg.png, seg.classes.npy and seg.classes.png.",
     )
     p.add_argument("image", type=Path)
-    p.add_argument("-o", "--out", type=Path, required=True, help="overlay PNG (+ OUT.classes.npy/.png)")
+    p.add_argument("-o", "--out", type=Path, required=True,
+                   help="overlay PNG (+ NAME.classes.npy and NAME.classes.png beside it)")
     _common(p, _segment)
 
     p = sub.add_parser("info", help="print the generation parameters stored in a PNG")
@@ -164,6 +171,18 @@ def candidate_paths(out: Path, n: int) -> list[Path]:
     return [out if i == 0 else out.with_name(f"{out.stem}-{i}{out.suffix or '.png'}") for i in range(n)]
 
 
+def check_outputs(*paths: Path) -> None:
+    """Refuse, before any work, an output that cannot be written as asked: Tessera writes PNG (with its
+    settings inside) to a file in an existing folder."""
+    for path in paths:
+        if path.is_dir():
+            raise BadInputError(f"{path}: is a folder; give a file name ending in .png")
+        if path.suffix.lower() != ".png":
+            raise BadInputError(f"{path}: Tessera writes PNG files; give a name ending in .png")
+        if not path.parent.is_dir():
+            raise BadInputError(f"{path}: the folder {path.parent} does not exist")
+
+
 def _emit(args, payload: dict, text: str) -> None:
     print(json.dumps(payload) if args.json else text)
 
@@ -185,6 +204,8 @@ def _generate(args) -> int:
     from engine.layout import parse_box, read_layout
 
     boxes = [parse_box(b) for b in args.box]  # bad boxes are refused before the model loads
+    if args.out is not None:  # the default, tessera-SEED.png, goes to the current folder
+        check_outputs(*candidate_paths(args.out, args.n))
     engine = _engine(args)
     sampling = dict(n=args.n, seed=args.seed, cfg=args.cfg, temperature=args.temperature, top_p=args.top_p)
     if args.layout is not None:
@@ -193,7 +214,7 @@ def _generate(args) -> int:
     elif boxes:
         job = engine.ground(args.prompt, boxes, **sampling)
     else:
-        retrieve = 2 if args.retrieve is None else args.retrieve
+        retrieve = DEFAULTS.retrieve if args.retrieve is None else args.retrieve
         job = engine.generate(args.prompt, cdk_alpha=args.cdk_alpha, cdk_k=args.cdk_k, retrieve=retrieve,
                               **sampling)
     finished = _run(job, args)
@@ -231,13 +252,16 @@ def _answer(args) -> int:
 
 
 def _load_mask(path: Path) -> np.ndarray:
-    mask = _load(path)
-    return mask.max(axis=-1) > 127 if mask.ndim == 3 else mask > 127
+    """Light pixels, grey level (ITU-R 601 luma, as Pillow's "L") over 127: white is regenerated, pure blue
+    (luma 29) is not."""
+    rgb = _load(path).astype(np.float32)
+    return rgb @ np.array([0.299, 0.587, 0.114], np.float32) > 127.5
 
 
 def _inpaint(args) -> int:
     from engine.pngmeta import save_png
 
+    check_outputs(args.out)
     engine = _engine(args)
     job = engine.inpaint(_load(args.image), _load_mask(args.mask), args.prompt, seed=args.seed)
     finished = _run(job, args)
@@ -249,6 +273,7 @@ def _inpaint(args) -> int:
 def _edit(args) -> int:
     from engine.pngmeta import save_png
 
+    check_outputs(args.out)
     engine = _engine(args)
     finished = _run(engine.edit(_load(args.image), args.instruction, seed=args.seed), args)
     save_png(args.out, finished.candidates[0].image, _params(engine, finished, args.instruction))
@@ -281,14 +306,17 @@ def _segment(args) -> int:
     from engine.io import atomic_write
     from engine.pngmeta import save_png
 
+    out = Path(args.out)
+    npy = out.with_name(f"{out.stem}.classes.npy")
+    classes_png = out.with_name(f"{out.stem}.classes.png")
+    check_outputs(out, classes_png)
+    if npy.is_dir():
+        raise BadInputError(f"{npy}: is a folder; segment writes the class grid there")
     engine = _engine(args)
     image = _load(args.image)
     finished = _run(engine.segment(image), args)
     grid = np.asarray(finished.candidates[0].segmentation)
     class_map = upsample(grid, image.shape[:2]).astype(np.uint8)
-    out = Path(args.out)
-    npy = out.with_name(f"{out.stem}.classes.npy")
-    classes_png = out.with_name(f"{out.stem}.classes.png")
     params = _params(engine, finished, "", class_names=list(engine.seg_class_names))
     save_png(out, overlay(image, class_map), params)
     save_png(classes_png, class_map, params)
@@ -311,7 +339,7 @@ def _info(args) -> int:
 
     meta = read_params(args.image)
     if args.json:
-        print(json.dumps(meta))
+        print(json.dumps(meta))  # escapes control characters
         return 0
     lines = [f"prompt:   {meta.get('prompt', '')}"]
     for key in ("seed", "task", "model_id", "version", "source"):
@@ -320,5 +348,13 @@ def _info(args) -> int:
     settings = meta.get("settings") or {}
     if settings:
         lines.append("settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
-    print("\n".join(lines))
+    print("\n".join(printable(line) for line in lines))
     return 0
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """A file's text for the terminal: control characters (ESC, BEL, CR...) shown escaped, never replayed."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -47,8 +48,10 @@ def square_resize(img: Image.Image, size: int) -> np.ndarray:
     return np.asarray(out, dtype=np.uint8)
 
 
-def load_image(path: str | Path, size: int | None = 64, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """One image file as uint8 (H, W, 3) RGB: (size, size, 3) centre-cropped, or as stored if size is None."""
+@contextlib.contextmanager
+def open_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Iterator[Image.Image]:
+    """Image.open for the user's files: inside the block every failure - missing, a folder, empty, not an
+    image, too many pixels (a decompression bomb), undecodable data - is one BadInputError naming the file."""
     path = Path(path)
     try:
         if path.stat().st_size == 0:
@@ -59,9 +62,9 @@ def load_image(path: str | Path, size: int | None = 64, max_pixels: int = MAX_PI
                 w, h = img.size
                 if w * h > max_pixels:
                     raise ValueError(f"too many pixels: {w}x{h} > {max_pixels} (decompression bomb?)")
-                img.load()
-                rgb = to_rgb(img)
-        return np.asarray(rgb, dtype=np.uint8) if size is None else square_resize(rgb, size)
+                yield img
+    except BadInputError:
+        raise
     except FileNotFoundError:
         raise BadInputError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -75,3 +78,11 @@ def load_image(path: str | Path, size: int | None = 64, max_pixels: int = MAX_PI
     except Exception as exc:  # Pillow plugins raise OSError, SyntaxError, struct.error... on bad data
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise BadInputError(f"{path}: cannot decode image: {reason}") from None
+
+
+def load_image(path: str | Path, size: int | None = 64, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """One image file as uint8 (H, W, 3) RGB: (size, size, 3) centre-cropped, or as stored if size is None."""
+    with open_image(path, max_pixels) as img:
+        img.load()
+        rgb = to_rgb(img)
+    return np.asarray(rgb, dtype=np.uint8) if size is None else square_resize(rgb, size)

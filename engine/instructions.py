@@ -1,4 +1,4 @@
-"""Instruction (SFT) task formats, CM3Leon §4 / App. E adapted to Tessera (DESIGN.md §3).
+"""Instruction (SFT) task formats, CM3Leon §4 / App. E adapted to Tessera (docs/architecture.md).
 
 Every document is `<eos> prompt output <eos>`; `prompt()` is exactly what the engine feeds and ends
 where the model must start writing. P = one paraphrase of the task's instruction, I = H*W image ids,

@@ -1,5 +1,5 @@
 """The user library: the artist's own reference images, searched beside the bundle's memory bank.
-Retrieval is how Tessera follows an artist's material without retraining (DESIGN.md §5).
+Retrieval is how Tessera follows an artist's material without retraining (docs/retrieval.md).
 
 Images are embedded with the retriever and indexed incrementally in a FAISS IndexIDMap2 over an
 exact inner-product index (libraries are small; exact search is instant). On disk, under

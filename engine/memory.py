@@ -197,10 +197,15 @@ class DocumentTable:
 
     @classmethod
     def load(cls, path: str | Path) -> DocumentTable:
-        with np.load(path, allow_pickle=False) as z:
-            blob, offsets = z["text_bytes"].tobytes(), z["text_offsets"]
-            texts = [blob[a:b].decode("utf-8") for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
-            return cls(texts, z["codes"], z["has_text"], z["has_image"], z["ids"])
+        """Raises BundleError naming the file when it is not a table save() wrote (never unpickles)."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                blob, offsets = z["text_bytes"].tobytes(), z["text_offsets"].astype(np.int64, casting="safe")
+                texts = [blob[a:b].decode("utf-8") for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+                return cls(texts, z["codes"], z["has_text"], z["has_image"], z["ids"])
+        except (OSError, KeyError, ValueError, TypeError, BadInputError) as exc:  # object arrays: ValueError
+            reason = f"missing {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
+            raise BundleError(f"document table {path} is damaged: {reason}") from None
 
 
 def select(scores: np.ndarray, vectors: np.ndarray, multimodal: np.ndarray, k: int,

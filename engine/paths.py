@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import os
 import sys
+import sysconfig
 from pathlib import Path
 
 
 def assets_dir() -> Path:
-    """The `assets/` folder: $TESSERA_ASSETS, inside a frozen build, or beside the source tree."""
+    """The `assets/` folder: $TESSERA_ASSETS, inside a frozen build, beside the source tree (a checkout,
+    an editable install) or where a wheel installs it (<prefix>/share/tessera/assets, pyproject.toml)."""
     if env := os.environ.get("TESSERA_ASSETS"):
         return Path(env)
     frozen_root = getattr(sys, "_MEIPASS", None)
     if frozen_root:
         return Path(frozen_root) / "assets"
-    return Path(__file__).resolve().parent.parent / "assets"
+    source = Path(__file__).resolve().parent.parent / "assets"
+    return source if source.is_dir() else Path(sysconfig.get_path("data")) / "share" / "tessera" / "assets"
 
 
 def default_bundle_dir() -> Path:

@@ -108,19 +108,13 @@ def save_png(path: str | Path, image: np.ndarray, params: dict | None = None) ->
 
 
 def _png_text(path: str | Path) -> dict[str, str]:
-    from PIL import Image, UnidentifiedImageError
+    from engine.imageio import open_image
 
-    path = Path(path)
-    if not path.is_file():
-        raise BadInputError(f"{path}: no such file")
-    try:
-        with Image.open(path) as im:
-            if im.format != "PNG":
-                raise BadInputError(f"{path}: is a {im.format} image, not a PNG (only PNGs carry parameters)")
-            im.load()  # text chunks after the image data are read only now
-            return dict(getattr(im, "text", {}) or {})
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise BadInputError(f"{path}: not a readable image ({exc})") from exc
+    with open_image(path) as im:
+        if im.format != "PNG":
+            raise BadInputError(f"{path}: is a {im.format} image, not a PNG (only PNGs carry parameters)")
+        im.load()  # text chunks after the image data are read only now
+        return dict(getattr(im, "text", {}) or {})
 
 
 _PAIR = re.compile(r'\s*([\w][\w \-/().]*):\s*("(?:\\.|[^"\\])*"|[^,]*)(?:,|$)')

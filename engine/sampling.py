@@ -1,4 +1,4 @@
-"""Logits processors and token selectors (DESIGN.md §4), numpy only, Chameleon style.
+"""Logits processors and token selectors (docs/architecture.md, "Decoding"), numpy only, Chameleon style.
 
 A processor maps float32 logits (B, V) to logits; a selector maps logits (N, V) to token ids (N,).
 Guidance processors (`ClassifierFreeGuidance`, `ContrastiveTopK`) take the guided batch laid out as
@@ -12,6 +12,7 @@ Masked entries are -inf throughout; every processor keeps -inf where its input h
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -21,6 +22,8 @@ import numpy as np
 from engine.vocab import Vocab
 
 NEG_INF = np.float32(-np.inf)
+# CM3Leon guides at 3-6; far beyond that every step is the argmax of l_c - l_u, and float32 logits overflow.
+MAX_CFG_SCALE = 100.0
 
 
 class LogitsProcessor(Protocol):
@@ -87,6 +90,10 @@ class ClassifierFreeGuidance:
 
     scale: float
 
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.scale <= MAX_CFG_SCALE:  # nan fails too
+            raise ValueError(f"cfg scale must be in [0, {MAX_CFG_SCALE:g}], got {self.scale}")
+
     def __call__(self, logits: np.ndarray) -> np.ndarray:
         cond, uncond = _halves(logits)
         with np.errstate(invalid="ignore"):
@@ -127,8 +134,8 @@ class Temperature:
     temperature: float
 
     def __post_init__(self) -> None:
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0 (use Argmax for greedy), got {self.temperature}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0, got {self.temperature}")
 
     def __call__(self, logits: np.ndarray) -> np.ndarray:
         return (logits / np.float32(self.temperature)).astype(np.float32, copy=False)
@@ -222,11 +229,12 @@ def guided_sampler(
     With `cdk=(alpha, k)` and CFG on, half the steps use CFG + temperature + top-p and half CD-K
     (CM3Leon's best setting); both draw from the same generator."""
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    temp, nucleus = Temperature(temperature), TopP(top_p)  # each checks its value, used or not
     tail: list[LogitsProcessor] = []
     if temperature != 1.0:
-        tail.append(Temperature(temperature))
+        tail.append(temp)
     if top_p < 1.0:
-        tail.append(TopP(top_p))
+        tail.append(nucleus)
     guide = [ClassifierFreeGuidance(cfg_scale)] if cfg_scale is not None else []
     top_p_sampler = Sampler([*guide, *tail], Multinomial(rng))
     if cdk is None:

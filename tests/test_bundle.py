@@ -145,3 +145,28 @@ def test_export_refuses_mismatched_tokenizers(tiny_bundle, tmp_path):
         check_components(other, b.image_tokenizer_dir, b.text_tokenizer_path)
     with pytest.raises(BadInputError, match="not a model checkpoint"):
         load_checkpoint(tmp_path)
+
+
+@pytest.mark.slow
+def test_checked_in_tiny_bundle_is_current(tmp_path):
+    """tests/data/tiny-bundle (the fast path of every engine test) is what the build makes today: the same
+    config, files and weights, graphs with the same inputs and outputs (their bytes vary with the
+    exporter)."""
+    import onnx
+    from tiny_bundle import CHECKED_IN, build
+
+    fresh = build(tmp_path / "fresh")
+    hint = "tests/data/tiny-bundle is out of date: python tests/tiny_bundle.py"
+    configs = [json.loads((b / CONFIG_FILE).read_text()) for b in (CHECKED_IN, fresh)]
+    for c in configs:
+        c.pop("export")  # versions and date
+    assert configs[0] == configs[1], hint
+    files = [json.loads((b / MANIFEST_FILE).read_text())["files"] for b in (CHECKED_IN, fresh)]
+    assert sorted(files[0]) == sorted(files[1]), hint
+    for name in files[0]:
+        if name.endswith(".onnx"):
+            graphs = [onnx.load(str(b / name), load_external_data=False).graph for b in (CHECKED_IN, fresh)]
+            io = [([i.name for i in g.input], [o.name for o in g.output]) for g in graphs]
+            assert io[0] == io[1], f"{name}: {hint}"
+        elif name != CONFIG_FILE:
+            assert files[0][name]["sha256"] == files[1][name]["sha256"], f"{name}: {hint}"

@@ -260,3 +260,26 @@ def test_static_scan_finds_icons():
     # guards the scanner itself: app/ names icons in calls like theme.set_icon(button, "stop")
     refs = static_asset_references()
     assert "styles/studio.qss" in refs and any(r.startswith("icons/") and r.endswith(".svg") for r in refs)
+
+
+def test_wheel_installs_every_asset_folder_where_assets_dir_finds_it():
+    """pyproject's data-files put each folder of assets/ under share/tessera/ (engine.paths.assets_dir()
+    reads it there in a non-editable install): a new folder must be listed too."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    data_files = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["data-files"]
+    listed = {}
+    for dest, patterns in data_files.items():
+        for pattern in patterns:
+            folder = str(Path(pattern).parent)
+            assert dest == f"share/tessera/{folder}", (dest, pattern)
+            listed[folder] = {p.name for p in root.glob(pattern) if p.is_file()}
+    shipped: dict[str, set[str]] = {}
+    for path in (root / "assets").rglob("*"):
+        if path.is_file() and not path.name.startswith("."):
+            shipped.setdefault(str(path.parent.relative_to(root)), set()).add(path.name)
+    assert listed == shipped

@@ -92,7 +92,7 @@ def test_bad_inputs(tmp_path):
         read_params(tmp_path / "missing.png")
     junk = tmp_path / "junk.png"
     junk.write_bytes(b"not an image at all")
-    with pytest.raises(BadInputError, match="not a readable image"):
+    with pytest.raises(BadInputError, match="not an image file"):
         read_params(junk)
     jpg = tmp_path / "x.jpg"
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(jpg)

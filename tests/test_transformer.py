@@ -65,7 +65,8 @@ def test_zero_initialised_model_trains_every_weight():
         opt.zero_grad()
         losses.append(loss.item())
     assert losses[0] == pytest.approx(torch.log(torch.tensor(256.0)).item(), abs=1e-4)  # zero head: uniform
-    assert losses[-1] <= losses[0] / 4, f"not overfit in {len(losses)} steps: {losses[0]:.3f} -> {losses[-1]:.3f}"
+    assert losses[-1] <= losses[0] / 4, (
+        f"not overfit in {len(losses)} steps: {losses[0]:.3f} -> {losses[-1]:.3f}")
     unchanged = [n for n, p in model.named_parameters() if torch.equal(p, start[n])]
     assert not unchanged, f"never updated: {unchanged}"
 

@@ -1,4 +1,4 @@
-"""Export a trained model to a bundle (DESIGN.md §6): the transformer as two ONNX graphs plus the
+"""Export a trained model to a bundle (docs/architecture.md): the transformer as two ONNX graphs plus the
 other components, checked against torch and sealed by a manifest.
 
     prefill.onnx  ids (B, T), n_pad (B,)                       -> logits (B, V), present_{k,v}.{layer}

@@ -7,7 +7,7 @@ import os
 import time
 
 from engine.errors import BadInputError
-from engine.nn.transformer import PRESETS
+from engine.model_config import PRESETS
 
 
 def register(groups: dict) -> None:

@@ -135,6 +135,20 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+MIN_SIDE, MAX_SIDE = 8, 2048
+
+
+def image_side(text: str) -> int:
+    """--size: an image side in pixels, MIN_SIDE..MAX_SIDE (0 or 100000 would fail late or fill memory)."""
+    try:
+        side = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of pixels: {text!r}") from None
+    if not MIN_SIDE <= side <= MAX_SIDE:
+        raise argparse.ArgumentTypeError(f"must be {MIN_SIDE}..{MAX_SIDE} pixels, got {side}")
+    return side
+
+
 def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     from training.data.folder import DEFAULT_MAX_PIXELS
     from training.data.shapes import SPLITS
@@ -145,7 +159,7 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     p.add_argument("--n", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", choices=tuple(SPLITS), default="train")
-    p.add_argument("--size", type=int, default=64, help="image side in pixels")
+    p.add_argument("--size", type=image_side, default=64, help="image side in pixels")
     p.set_defaults(func=cmd_sheet)
 
     p = data.add_parser("export", help="write a Shapes World split as PNGs + metadata.jsonl")
@@ -153,14 +167,14 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     p.add_argument("--n", type=int, required=True)
     p.add_argument("--out", required=True, help="folder to create")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--size", type=image_side, default=64)
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     p.set_defaults(func=cmd_export)
 
     p = data.add_parser("check", help="report which images of a folder dataset load and which are skipped")
     p.add_argument("dir")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--size", type=image_side, default=64)
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help="images with more pixels are skipped as decompression bombs")
     p.set_defaults(func=cmd_check)

@@ -8,7 +8,7 @@ embeddings are the slow part) and cached as one .npz, written atomically:
     codes           (N, h*w) int16 image codes, -1 rows for documents without an image
     has_text, has_image
     embeddings      (N, dim) float32 document embeddings (engine.retriever.document_embeddings)
-    query_embeddings(N, dim) float32 the same after query dropout (DESIGN.md §5: 20 % of the
+    query_embeddings(N, dim) float32 the same after query dropout (docs/retrieval.md: 20 % of the
                     query's tokens dropped while training); equal to embeddings when the rate is 0
     meta            JSON: what was built from what (the cache key)
 

@@ -1,4 +1,4 @@
-"""Retrieval-augmented CM3 training sequences (DESIGN.md §3 and §5; RA-CM3, CM3Leon §2.1-2.2).
+"""Retrieval-augmented CM3 training sequences (docs/retrieval.md; RA-CM3, CM3Leon §2.1-2.2).
 
 A row is `<eos> R1 <eos> R2 <eos> Q <eos>`: a query document Q of the corpus, k documents the
 retriever found for it in the memory bank (never Q itself), all in the same order, caption ->
