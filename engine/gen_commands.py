@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import BadInputError
-from engine.events import Finished, PartialImage, Progress, Retrieved
+from engine.events import Candidate, Finished, PartialImage, Progress, Retrieved
 from engine.jobs import JobCancelledError
 from engine.layout import PALETTE
 from engine.settings import DEFAULTS
@@ -114,7 +114,7 @@ class _StderrProgress:
         self.task = task
         self.quiet = quiet
         self.tty = sys.stderr.isatty()
-        self.last = None
+        self.last: Progress | None = None
 
     def __call__(self, event) -> None:
         if self.quiet:
@@ -183,6 +183,11 @@ def check_outputs(*paths: Path) -> None:
             raise BadInputError(f"{path}: the folder {path.parent} does not exist")
 
 
+def _pixels(candidate: Candidate) -> np.ndarray:
+    assert candidate.image is not None, "an image task's candidate holds an image"
+    return candidate.image
+
+
 def _emit(args, payload: dict, text: str) -> None:
     print(json.dumps(payload) if args.json else text)
 
@@ -222,7 +227,7 @@ def _generate(args) -> int:
     out = args.out or Path(f"tessera-{seed}.png")
     paths = candidate_paths(out, len(finished.candidates))
     for rank, (path, cand) in enumerate(zip(paths, finished.candidates, strict=True)):
-        save_png(path, cand.image, _params(engine, finished, args.prompt, rank=rank, score=cand.score))
+        save_png(path, _pixels(cand), _params(engine, finished, args.prompt, rank=rank, score=cand.score))
     payload = {
         "files": [str(p) for p in paths],
         "scores": [c.score for c in finished.candidates],
@@ -238,7 +243,7 @@ def _generate(args) -> int:
 def _caption(args) -> int:
     engine = _engine(args)
     finished = _run(engine.caption(_load(args.image)), args)
-    text = finished.candidates[0].text
+    text = finished.candidates[0].text or ""
     _emit(args, {"caption": text, "settings": finished.settings, "model_id": engine.model_id}, text)
     return 0
 
@@ -246,7 +251,7 @@ def _caption(args) -> int:
 def _answer(args) -> int:
     engine = _engine(args)
     finished = _run(engine.answer(_load(args.image), args.question), args)
-    text = finished.candidates[0].text
+    text = finished.candidates[0].text or ""
     _emit(args, {"answer": text, "settings": finished.settings, "model_id": engine.model_id}, text)
     return 0
 
@@ -265,7 +270,7 @@ def _inpaint(args) -> int:
     engine = _engine(args)
     job = engine.inpaint(_load(args.image), _load_mask(args.mask), args.prompt, seed=args.seed)
     finished = _run(job, args)
-    save_png(args.out, finished.candidates[0].image, _params(engine, finished, args.prompt))
+    save_png(args.out, _pixels(finished.candidates[0]), _params(engine, finished, args.prompt))
     _emit(args, {"files": [str(args.out)], "settings": finished.settings}, str(args.out))
     return 0
 
@@ -276,7 +281,7 @@ def _edit(args) -> int:
     check_outputs(args.out)
     engine = _engine(args)
     finished = _run(engine.edit(_load(args.image), args.instruction, seed=args.seed), args)
-    save_png(args.out, finished.candidates[0].image, _params(engine, finished, args.instruction))
+    save_png(args.out, _pixels(finished.candidates[0]), _params(engine, finished, args.instruction))
     _emit(args, {"files": [str(args.out)], "settings": finished.settings}, str(args.out))
     return 0
 
