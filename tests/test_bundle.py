@@ -147,6 +147,49 @@ def test_export_refuses_mismatched_tokenizers(tiny_bundle, tmp_path):
         load_checkpoint(tmp_path)
 
 
+def test_export_takes_the_parts_the_run_recorded(tiny_bundle, tmp_path, capsys):
+    """The run's config.json records its tokenizers by hash: export takes them without being told,
+    refuses others with one line naming both, and refuses a memory bank made by another retriever."""
+    from engine.memory import PARAMS_FILE
+    from training.components import record
+
+    b = Bundle.load(tiny_bundle)
+    parts = tmp_path / "parts"
+    for name, src in (("vq", b.image_tokenizer_dir), ("retriever", b.retriever_dir),
+                      ("memory", b.memory_dir)):
+        shutil.copytree(src, parts / name)
+    shutil.copy(b.text_tokenizer_path, parts / TEXT_TOKENIZER_FILE)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    shutil.copy(b.weights_path, ckpt / WEIGHTS_FILE)
+    trained_with = record(image_tokenizer=parts / "vq", text_tokenizer=parts / TEXT_TOKENIZER_FILE)
+    (ckpt / CONFIG_FILE).write_text(json.dumps({"model": b.model_config, "vocab": b.vocab.to_dict(),
+                                                 "trained_with": trained_with}))
+    out = tmp_path / "exported"
+    # no tokenizer named: the recorded ones (the shipped Shapes ones have other sizes and are refused)
+    assert main(["export", str(ckpt), "--out", str(out), "--no-int8"]) == 0
+    capsys.readouterr()
+    exported = Bundle.load(out).image_tokenizer_dir
+    assert (exported / "encoder.onnx").read_bytes() == (parts / "vq" / "encoder.onnx").read_bytes()
+
+    other = tmp_path / "other-vq"  # same codebook and grid, other encoder: the size checks pass
+    shutil.copytree(parts / "vq", other)
+    with (other / "encoder.onnx").open("ab") as f:
+        f.write(b"\0")
+    assert main(["export", str(ckpt), "--out", str(tmp_path / "x"), "--tokenizer", str(other)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(other) in err and str(parts / "vq") in err
+
+    params = json.loads((parts / "memory" / PARAMS_FILE).read_text())
+    params["built_from"] = record(retriever=b.retriever_dir)
+    (parts / "memory" / PARAMS_FILE).write_text(json.dumps(params))
+    shutil.copy(parts / "retriever" / "config.json", parts / "retriever" / "text_encoder.onnx")  # another one
+    args = ["export", str(ckpt), "--out", str(tmp_path / "y"), "--memory", str(parts / "memory")]
+    assert main([*args, "--retriever", str(parts / "retriever")]) == 1
+    assert "memory bank" in capsys.readouterr().err
+    assert main([*args, "--retriever", str(b.retriever_dir), "--no-int8"]) == 0
+
+
 @pytest.mark.slow
 def test_checked_in_tiny_bundle_is_current(tmp_path):
     """tests/data/tiny-bundle (the fast path of every engine test) is what the build makes today: the same

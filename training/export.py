@@ -47,7 +47,8 @@ from engine.nn.transformer import ModelConfig, Transformer
 from engine.vocab import Vocab
 
 OPSET = 17
-TORCH_ONLY = ("*.safetensors", "checkpoint*", "*.jsonl", "*.log")  # in components; left out by runtime_only
+TRAINING_STATE = ("checkpoint*", "*.jsonl", "*.log")  # in components: never copied into a bundle
+TORCH_ONLY = ("*.safetensors",)  # in components; left out by runtime_only
 PARITY_TOLERANCE = 1e-3  # max |Δlogit| accepted between ONNX Runtime and torch (float32)
 
 
@@ -272,8 +273,9 @@ def write_bundle(
     """Assemble a bundle in a staging folder beside `out`, seal it with manifest.json and move it into
     place; returns its config. A half-written bundle never sits at `out`.
 
-    runtime_only leaves out what only torch uses (model.safetensors, the components' safetensors,
-    checkpoints and logs): the bundle the studio ships. int8=False leaves out the int8 twin graphs."""
+    The components' training checkpoints and logs are never copied. runtime_only also leaves out what
+    only torch uses (model.safetensors, the components' safetensors): the bundle the studio ships.
+    int8=False leaves out the int8 twin graphs."""
     from safetensors.torch import save_file
 
     out = Path(out)
@@ -298,7 +300,7 @@ def write_bundle(
         if not runtime_only:
             atomic_write(stage / WEIGHTS_FILE, lambda tmp: save_file(_contiguous(model.state_dict()), tmp))
         shutil.copyfile(_tokenizer_file(text_tokenizer), stage / TEXT_TOKENIZER_FILE)
-        skip = [".*", "__pycache__", *(TORCH_ONLY if runtime_only else ())]
+        skip = [".*", "__pycache__", *TRAINING_STATE, *(TORCH_ONLY if runtime_only else ())]
         components = {}
         for component, src in sources.items():
             if src is not None:

@@ -14,12 +14,15 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     p = groups["top"].add_parser("export", help="export a checkpoint to a model bundle (ONNX + manifest)")
     p.add_argument("checkpoint", help="checkpoint folder: config.json + model.safetensors")
     p.add_argument("--out", required=True, help="bundle folder to write")
-    p.add_argument("--tokenizer", help="image tokenizer folder (default: CHECKPOINT/image_tokenizer, "
-                                       "else the shipped assets/tokenizers/shapes-vq)")
+    p.add_argument("--tokenizer", help="image tokenizer folder (default: CHECKPOINT/image_tokenizer, else "
+                                       "the one the run trained with, else the shipped shapes-vq); one "
+                                       "other than the run's (by hash) is refused")
     p.add_argument("--text-tokenizer", help="tokenizer.json (default: CHECKPOINT/tokenizer.json, else the "
-                                            "shipped assets/tokenizers/shapes-text)")
+                                            "one the run trained with, else the shipped shapes-text); one "
+                                            "other than the run's (by hash) is refused")
     p.add_argument("--retriever", help="retriever folder (default: CHECKPOINT/retriever, else the one the "
-                                       "run trained with, if present)")
+                                       "run trained with, if present); it must be the one the run and "
+                                       "the memory bank were made with (by hash)")
     p.add_argument("--memory", help="memory bank folder (default: CHECKPOINT/memory if present)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
     p.add_argument("--name", help="the bundle's display name (config.json name)")
@@ -39,12 +42,36 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     b.set_defaults(func=_bench)
 
 
-def _default(value: str | None, checkpoint: Path, name: str, fallback: Path | None = None) -> Path | None:
+def _default(value: str | None, checkpoint: Path, name: str, *fallbacks: str | Path | None) -> Path | None:
+    """The given path, else CHECKPOINT/name, else the first fallback that exists."""
     if value:
         return Path(value)
     if checkpoint.is_dir() and (checkpoint / name).exists():
         return checkpoint / name
-    return fallback
+    return next((Path(f) for f in fallbacks if f is not None and Path(f).exists()), None)
+
+
+def check_recorded(checkpoint: Path, recorded: dict, image_tokenizer: Path, text_tokenizer: Path,
+                   retriever: Path | None, memory: Path | None) -> None:
+    """The parts must be those the run recorded (training/components.py), and the memory bank's
+    retriever and image tokenizer those of the bundle: a one-line error naming both otherwise."""
+    from engine.memory import PARAMS_FILE
+    from training.components import check
+
+    run = f"the model {checkpoint}"
+    check("image_tokenizer", image_tokenizer, recorded, run)
+    check("text_tokenizer", text_tokenizer, recorded, run)
+    if retriever is not None:
+        check("retriever", retriever, recorded, run)
+    params = memory / PARAMS_FILE if memory is not None else None
+    if params is not None and params.is_file():
+        built_from = json.loads(params.read_text()).get("built_from", {})
+        if built_from.get("retriever") and retriever is None:
+            need = built_from["retriever"]["path"]
+            raise BadInputError(f"memory bank {memory} needs its retriever ({need}): pass --retriever")
+        for kind, path in (("retriever", retriever), ("image_tokenizer", image_tokenizer)):
+            if path is not None:
+                check(kind, path, built_from, f"memory bank {memory}")
 
 
 def check_components(vocab, image_tokenizer: Path, text_tokenizer: Path) -> None:
@@ -70,16 +97,25 @@ def _export(args: argparse.Namespace) -> int:
 
     ckpt = Path(args.checkpoint)
     model, vocab, extra = load_checkpoint(ckpt)
-    image_tok = _default(args.tokenizer, ckpt, "image_tokenizer", default_image_tokenizer_dir())
-    text_tok = _default(args.text_tokenizer, ckpt, "tokenizer.json", default_text_tokenizer_path())
-    trained_with = extra.get("train", {}).get("data", {}).get("retriever")
-    retriever = _default(args.retriever, ckpt, "retriever",
-                         Path(trained_with) if trained_with and Path(trained_with).is_dir() else None)
+    recorded = extra.get("trained_with", {})  # the parts the run trained with, by hash
+
+    def trained_with(kind: str) -> str | None:
+        return recorded.get(kind, {}).get("path")
+
+    image_tok = _default(args.tokenizer, ckpt, "image_tokenizer", trained_with("image_tokenizer"),
+                         default_image_tokenizer_dir())
+    text_tok = _default(args.text_tokenizer, ckpt, "tokenizer.json", trained_with("text_tokenizer"),
+                        default_text_tokenizer_path())
+    retriever = _default(args.retriever, ckpt, "retriever", trained_with("retriever"),
+                         extra.get("train", {}).get("data", {}).get("retriever"))
+    memory = _default(args.memory, ckpt, "memory")
+    if image_tok is None or text_tok is None:
+        raise BadInputError("no tokenizers found: pass --tokenizer and --text-tokenizer")
     check_components(vocab, image_tok, text_tok)
+    check_recorded(ckpt, recorded, image_tok, text_tok, retriever, memory)
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
     config = write_bundle(model, vocab, args.out, image_tokenizer=image_tok, text_tokenizer=text_tok,
-                          retriever=retriever,
-                          memory=_default(args.memory, ckpt, "memory"), extra=extra, force=args.force,
+                          retriever=retriever, memory=memory, extra=extra, force=args.force,
                           int8=args.int8, runtime_only=args.runtime_only, name=args.name, log=log)
     log(f"wrote {args.out}")
     if args.json:

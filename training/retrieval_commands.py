@@ -44,6 +44,12 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     p.add_argument("--retriever", default=None, help="retriever folder (default: the shipped one)")
     p.add_argument("--image-tokenizer", default=None, help="image tokenizer folder (default: shipped)")
     _index_options(p, "auto: exact below 64k documents, IVF above")
+    p.add_argument("--rules", type=_rules, default={}, metavar="KEY=VALUE,...",
+                   help="selection rules of training queries, e.g. max_relevance=0.9,max_similarity=0.9 "
+                        "(engine.memory.SelectionRules; 'none' lifts max_relevance)")
+    p.add_argument("--inference-rules", type=_rules, default={}, metavar="KEY=VALUE,...",
+                   help="selection rules of a prompt at inference (default: max_relevance=none,"
+                        "max_similarity=0.97: the closest documents are what the artist asked for)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_index_build)
@@ -77,6 +83,20 @@ def _index_options(p: argparse.ArgumentParser, index_help: str) -> None:
     p.add_argument("--index", choices=("auto", "flat", "ivf", "hnsw"), default="auto", help=index_help)
     p.add_argument("--storage", choices=("fp32", "fp16"), default="fp32",
                    help="vectors of the exact index: fp16 halves index.faiss (recall@4 0.999 against fp32)")
+
+
+def _rules(text: str) -> dict:
+    """"max_relevance=none,depth=8" -> {"max_relevance": None, "depth": 8}; checked by SelectionRules."""
+    out: dict = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"{item!r} is not KEY=VALUE")
+        try:
+            out[key.strip()] = None if value.strip().lower() == "none" else json.loads(value)
+        except json.JSONDecodeError:
+            raise argparse.ArgumentTypeError(f"{item!r}: {value!r} is not a number") from None
+    return out
 
 
 def _bank_report(bank: MemoryBank, out: str) -> dict:
@@ -113,19 +133,26 @@ def _train_retriever(args: argparse.Namespace) -> int:
 # ---- index build -------------------------------------------------------------------------------------
 def _index_build(args: argparse.Namespace) -> int:
     from engine.image_tokenizer import ImageTokenizer
-    from engine.memory import IndexSpec, MemoryBank
+    from engine.memory import INFERENCE_RULES, IndexSpec, MemoryBank, SelectionRules
+    from engine.paths import default_image_tokenizer_dir
     from engine.retriever import OnnxRetriever, default_retriever_dir
+    from training.components import record
     from training.data.corpus import build_corpus
 
     if args.docs < 1:
         raise BadInputError("--docs must be positive")
+    rules = SelectionRules.from_dict(args.rules)
+    inference_rules = SelectionRules.from_dict(args.inference_rules, INFERENCE_RULES)
+    parts = {"retriever": args.retriever or default_retriever_dir(),
+             "image_tokenizer": args.image_tokenizer or default_image_tokenizer_dir()}
     t0 = time.time()
-    embedder = OnnxRetriever.load(args.retriever or default_retriever_dir())
+    embedder = OnnxRetriever.load(parts["retriever"])
     corpus = build_corpus(args.data, "train", args.docs, embedder=embedder,
-                          image_tokenizer=ImageTokenizer.load(args.image_tokenizer), seed=args.seed)
+                          image_tokenizer=ImageTokenizer.load(parts["image_tokenizer"]), seed=args.seed)
     t1 = time.time()
     spec = IndexSpec(kind=args.index, storage=args.storage)
-    bank = MemoryBank.build(corpus.embeddings, corpus.table(), spec=spec)
+    bank = MemoryBank.build(corpus.embeddings, corpus.table(), spec=spec, rules=rules,
+                            inference_rules=inference_rules, meta={"built_from": record(**parts)})
     bank.save(args.out)
     _emit({**_bank_report(bank, args.out), "embed_s": round(t1 - t0, 1),
            "index_s": round(time.time() - t1, 1)}, args.json)

@@ -205,6 +205,8 @@ class Trainer:
         for key in ("tasks", "seg_classes"):  # what the engine may ask of this model, and class names
             if getattr(self.source, key, None) is not None:
                 info[key] = list(getattr(self.source, key))
+        if getattr(self.source, "trained_with", None):  # the tokenizers (retriever) of the data, by hash
+            info["trained_with"] = self.source.trained_with
         return info
 
     def save(self) -> None:

@@ -87,20 +87,6 @@ class Corpus:
                        z["query_embeddings"], json.loads(z["meta"].tobytes().decode("utf-8")))
 
 
-def _fingerprint(path: str | Path | None) -> str | None:
-    """sha256 of a file, or of a folder's config.json + *.onnx (what defines a tokenizer/retriever)."""
-    if path is None:
-        return None
-    path = Path(path)
-    files = [path] if path.is_file() else sorted([path / "config.json", *path.glob("*.onnx")])
-    h = hashlib.sha256()
-    for f in files:
-        if f.is_file():
-            h.update(f.name.encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()[:16]
-
-
 def load_documents(data: str, split: str, n: int, seed: int, size: int = 64) -> tuple[list[str], np.ndarray]:
     """(captions, uint8 images (N, size, size, 3)). Shapes World: the split's first n samples, each with
     its own paraphrased caption. A folder: its first n images ("" for an uncaptioned one); the
@@ -171,11 +157,13 @@ def cached_corpus(cache_dir: str | Path, data: str, split: str, n: int, *, retri
     from engine.image_tokenizer import ImageTokenizer
     from engine.retriever import OnnxRetriever
     from engine.text_tokenizer import TextTokenizer
+    from training.components import fingerprint
 
     key = {"format": CORPUS_FORMAT, "data": str(data), "split": split, "n": n, "seed": seed,
            "dropout": dropout,
-           "retriever": _fingerprint(retriever_dir), "image_tokenizer": _fingerprint(image_tokenizer_dir),
-           "text_tokenizer": _fingerprint(text_tokenizer_path)}
+           **{kind: fingerprint(kind, path) if path else None for kind, path in (
+               ("retriever", retriever_dir), ("image_tokenizer", image_tokenizer_dir),
+               ("text_tokenizer", text_tokenizer_path))}}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     path = Path(cache_dir) / f"corpus-{split}-{digest}.npz"
     if path.is_file():

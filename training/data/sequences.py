@@ -73,7 +73,10 @@ class RASequenceSource:
     corpus: the query documents. bank: a MemoryBank whose document ids are rows of `memory`
     (default: the corpus itself, then the query is excluded from its own neighbours).
     The corpus's `query_embeddings` (query dropout applied when it was built) are the queries.
+    `trained_with`: the tokenizers and retriever the corpus was made with (training/components.py).
     """
+
+    trained_with: dict[str, dict[str, str]]
 
     def __init__(self, corpus: Corpus, bank: MemoryBank | None, vocab: Vocab, *, seq_len: int, k: int = 2,
                  seed: int = 0, cm3_prob: float = 0.5, image_first_prob: float = 0.5, pool: int | None = None,
@@ -146,14 +149,17 @@ def ra_cm3_source(split: str, seq_len: int, seed: int, *, data: str = "shapes", 
                   image_first_prob: float = 0.5, query_dropout: float = 0.2, val_query_only: bool = True,
                   val_cm3_prob: float = 0.0, retriever: str | None = None, image_tokenizer: str | None = None,
                   text_tokenizer: str | None = None, cache_dir: str = "runs/corpus",
-                  corpus_seed: int = 0) -> RASequenceSource:
+                  corpus_seed: int = 0, rules: dict | None = None) -> RASequenceSource:
     """Recipe `[data] kind = "ra-cm3"`. train: `docs` documents of the train split, retrieving from
     themselves with query dropout. val: `val_docs` documents of the val split retrieving from the
-    train corpus, no dropout, no CM3 transform by default, loss on the query only by default."""
+    train corpus, no dropout, no CM3 transform by default, loss on the query only by default.
+    `[data.rules]`: the selection rules of the training queries (engine.memory.SelectionRules fields)."""
     from engine.image_tokenizer import ImageTokenizer
+    from engine.memory import SelectionRules
     from engine.paths import assets_dir, default_image_tokenizer_dir
     from engine.retriever import default_retriever_dir
     from engine.text_tokenizer import TextTokenizer
+    from training.components import record
     from training.data.corpus import cached_corpus
 
     text_default = assets_dir() / "tokenizers" / "shapes-text" / "tokenizer.json"
@@ -166,11 +172,17 @@ def ra_cm3_source(split: str, seq_len: int, seed: int, *, data: str = "shapes", 
     vocab = shapes_vocab(TextTokenizer.load(paths["text_tokenizer_path"]),
                          ImageTokenizer.load(paths["image_tokenizer_dir"]))
     train = cached_corpus(cache_dir, data, "train", docs, seed=corpus_seed, dropout=query_dropout, **paths)
-    bank = MemoryBank.build(train.embeddings, train.table()) if k else None
+    bank = MemoryBank.build(train.embeddings, train.table(), rules=SelectionRules.from_dict(rules or {})) \
+        if k else None
     if split == "train":
-        return RASequenceSource(train, bank, vocab, seq_len=seq_len, k=k, seed=seed, cm3_prob=cm3_prob,
-                                image_first_prob=image_first_prob, pool=pool, split=split)
-    val = cached_corpus(cache_dir, data, "val", val_docs, seed=corpus_seed, dropout=0.0, **paths)
-    return RASequenceSource(val, bank, vocab, seq_len=seq_len, k=k, seed=seed, cm3_prob=val_cm3_prob,
-                            image_first_prob=image_first_prob, pool=k, query_only=val_query_only, split=split,
-                            memory=train)
+        source = RASequenceSource(train, bank, vocab, seq_len=seq_len, k=k, seed=seed, cm3_prob=cm3_prob,
+                                  image_first_prob=image_first_prob, pool=pool, split=split)
+    else:
+        val = cached_corpus(cache_dir, data, "val", val_docs, seed=corpus_seed, dropout=0.0, **paths)
+        source = RASequenceSource(val, bank, vocab, seq_len=seq_len, k=k, seed=seed, cm3_prob=val_cm3_prob,
+                                  image_first_prob=image_first_prob, pool=k, query_only=val_query_only,
+                                  split=split, memory=train)
+    source.trained_with = record(image_tokenizer=paths["image_tokenizer_dir"],
+                                 text_tokenizer=paths["text_tokenizer_path"],
+                                 retriever=paths["retriever_dir"])
+    return source

@@ -49,7 +49,11 @@ class PackedInstructionSource:
     - `loss = "output"`, `separate_docs = True` (the default): the loss covers each document's output
       and closing <eos> only (the prompt is given, not modelled: a dropped condition makes the output
       unconditional, which is what classifier-free guidance needs), and each document keeps its own
-      positions and attention (the batch's fourth array, doc_ids), exactly as the engine runs it."""
+      positions and attention (the batch's fourth array, doc_ids), exactly as the engine runs it.
+
+    `trained_with`: the tokenizers the documents were made with, by hash (training/components.py)."""
+
+    trained_with: dict[str, dict[str, str]]
 
     def __init__(self, mixture: InstructionMixture, seq_len: int, seed: int, cm3_prob: float,
                  seg_classes: tuple[str, ...], loss: str = "output", separate_docs: bool = True) -> None:
@@ -111,6 +115,7 @@ def shapes_sft(
     seed: int,
     weights: dict | None = None,
     folder: str | None = None,
+    val_folder: str | None = None,
     image_tokenizer: str | None = None,
     text_tokenizer: str | None = None,
     cm3_prob: float = 0.0,
@@ -118,12 +123,14 @@ def shapes_sft(
     loss: str = "output",
     separate_docs: bool = True,
 ) -> PackedInstructionSource:
+    from training.components import record
     from training.data.shapes import SEG_CLASSES
 
-    image_tok, text_tok = _tokenizers(
-        str(image_tokenizer or default_image_tokenizer_dir()),
-        str(text_tokenizer or default_text_tokenizer_path()),
-    )
+    paths = {"image_tokenizer": str(image_tokenizer or default_image_tokenizer_dir()),
+             "text_tokenizer": str(text_tokenizer or default_text_tokenizer_path())}
+    image_tok, text_tok = _tokenizers(paths["image_tokenizer"], paths["text_tokenizer"])
+    if split != "train" and val_folder:  # a held-out part of the folder (tessera train recipe folder)
+        folder = val_folder
     vocab = make_vocab(image_tok, text_tok, len(SEG_CLASSES))
     data_seed = seed + (0 if split == "train" else 1_000_003)
     if folder:
@@ -137,4 +144,6 @@ def shapes_sft(
                                seed=data_seed, cond_dropout=cond_dropout)
         weights = weights or DEFAULT_WEIGHTS
     mixture = InstructionMixture(data, weights, seq_len=seq_len, seed=data_seed)
-    return PackedInstructionSource(mixture, seq_len, data_seed, cm3_prob, SEG_CLASSES, loss, separate_docs)
+    source = PackedInstructionSource(mixture, seq_len, data_seed, cm3_prob, SEG_CLASSES, loss, separate_docs)
+    source.trained_with = record(**paths)
+    return source
