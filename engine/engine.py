@@ -200,11 +200,11 @@ class Engine:
         """Text plus labelled boxes [(label, (x0, y0, x1, y1)) on the 0-255 grid] -> images."""
         self._require("ground")
         text = clean_text(prompt, "prompt")
-        boxes = [check_box(clean_text(label, "box label"), box) for label, box in boxes]
-        cond = instructions.prompt("grounded", self.vocab, self.text_tokenizer, text=text, boxes=boxes)
+        checked = [check_box(clean_text(label, "box label"), box) for label, box in boxes]
+        cond = instructions.prompt("grounded", self.vocab, self.text_tokenizer, text=text, boxes=checked)
         cond = self._fits(cond, "prompt")
         sampler, guided, settings = self._image_sampler(seed, n, cfg, temperature, top_p, None, None)
-        settings.update(prompt=text, boxes=[[label, list(box)] for label, box in boxes])
+        settings.update(prompt=text, boxes=[[label, list(box)] for label, box in checked])
         uncond = unconditional_image_prompt(self.vocab) if guided else None
         request = Request("ground", "image", cond, uncond, sampler, settings, n=settings["n"],
                           rerank_text=text)
@@ -277,8 +277,8 @@ class Engine:
         # the prompt ends "... <break> instruction <break>": swap the instruction for <mask:0>
         n_instr = len(self.text_tokenizer.encode(instruction))
         uncond = np.concatenate([cond[: len(cond) - n_instr - 1], [self.vocab.mask(0), self.vocab.brk]])
-        uncond = uncond if guided else None
-        request = Request("edit", "image", cond, uncond, sampler, settings, n=settings["n"])
+        request = Request("edit", "image", cond, uncond if guided else None, sampler, settings,
+                          n=settings["n"])
         return Job(run(self, request), "edit")
 
     def inpaint(self, image, mask, prompt: str = "", *, n: int = 1, seed: int | None = None,
