@@ -15,6 +15,7 @@ class GenerationSettings:
     # Retrieved documents prepended to the prompt. Off: at this scale they cost 0.88 nats of loss at equal
     # compute (docs/retrieval.md, docs/architecture.md); the retriever still re-ranks the candidates.
     retrieve: int = 0
+    candidates: int = 2  # generated per request and re-ranked by the retriever (the studio's default)
 
 
 DEFAULTS = GenerationSettings()

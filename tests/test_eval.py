@@ -269,3 +269,25 @@ def test_eval_model_rejects_unknown_metric(tiny_bundle, judge, capsys):
 
     assert main(["eval", "model", str(tiny_bundle), "--metrics", "bogus"]) == 1
     assert "unknown metrics: bogus" in capsys.readouterr().err
+
+
+def test_suites_decode_as_the_studio_does_unless_told(tiny_bundle, judge, capsys, monkeypatch):
+    """The suites judge what an artist gets (engine/settings.py); --retrieve reports the other figure."""
+    from engine.cli import main
+    from engine.settings import DEFAULTS
+
+    d = suite.Decoding()
+    assert (d.cfg, d.temperature, d.top_p, d.n, d.retrieve) == (
+        DEFAULTS.cfg, DEFAULTS.temperature, DEFAULTS.top_p, DEFAULTS.candidates, DEFAULTS.retrieve)
+    seen = []
+    run_suite = suite.run_suite
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["decoding"])
+        return run_suite(*args, **kwargs)
+
+    monkeypatch.setattr(suite, "run_suite", spy)
+    assert main(["eval", str(tiny_bundle), "--n", "2", "--metrics", "caption_exact", "--retrieve", "2"]) == 0
+    assert seen[-1].retrieve == 2
+    assert main(["eval", str(tiny_bundle), "--n", "2", "--retrieve", "99"]) == 1
+    assert "--retrieve must be an integer in 0..8" in capsys.readouterr().err

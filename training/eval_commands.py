@@ -67,10 +67,11 @@ def eval_judge(args: argparse.Namespace) -> int:
 
 
 def eval_model(args: argparse.Namespace) -> int:
-    from engine.engine import Engine
+    from engine.engine import MAX_RETRIEVED, Engine
+    from engine.tasks import check_count
     from training.eval.ablation import run_ablation, write_report
     from training.eval.judge import Judge
-    from training.eval.suite import METRICS, SUITES, run_suite
+    from training.eval.suite import METRICS, SUITES, Decoding, run_suite
 
     only = None
     if args.metrics:
@@ -83,7 +84,10 @@ def eval_model(args: argparse.Namespace) -> int:
     judge = Judge.load(args.judge)
     engine = Engine.load(args.bundle)
     n = args.n or SUITES[args.suite]
-    results = run_suite(engine, judge, n=n, seed=args.seed, only=only, log=log)
+    decoding = Decoding()
+    if args.retrieve is not None:
+        decoding.retrieve = check_count(args.retrieve, "--retrieve", 0, MAX_RETRIEVED)
+    results = run_suite(engine, judge, n=n, seed=args.seed, only=only, decoding=decoding, log=log)
     results["suite"] = args.suite
     if args.suite == "full":
         n_ablation = args.ablation_n
@@ -136,6 +140,9 @@ def register(groups: dict) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--judge", type=Path, default=None, help="judge folder (default assets/judge)")
     p.add_argument("--ablation-n", type=int, default=200, help="prompts per decoding-ablation row (full)")
+    p.add_argument("--retrieve", type=int, default=None,
+                   help="documents retrieved into each generation prompt (default: the studio's, "
+                        "engine/settings.py)")
     p.add_argument("--cdk-alpha", type=float, default=0.1)
     p.add_argument("--cdk-k", type=int, default=10)
     p.add_argument("--report-dir", type=Path, default=Path("docs/eval"))

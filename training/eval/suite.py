@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.errors import TesseraError, UnsupportedTaskError
+from engine.settings import DEFAULTS
 from training.data.instruction_data import grounded_boxes, grounded_caption, vqa_question
 from training.data.shapes import SEG_CLASSES, Scene, ShapesWorld, seg_grid
 from training.eval.fid import fid
@@ -236,13 +237,15 @@ def tokenizer_ceiling(judge: Judge, tokenizer, samples: Sequence, real_other: np
 # ---- the engine as task callables ---------------------------------------------------------------------
 @dataclass
 class Decoding:
-    cfg: float | None = 3.0
-    temperature: float = 1.0
-    top_p: float = 0.9
-    cdk_alpha: float | None = None
-    cdk_k: int | None = None
-    n: int = 1  # candidates, re-ranked by the engine (retriever score); the best is judged
-    retrieve: int = 2
+    """The decoding of generated images; by default what an artist gets (engine/settings.py)."""
+
+    cfg: float | None = DEFAULTS.cfg
+    temperature: float = DEFAULTS.temperature
+    top_p: float = DEFAULTS.top_p
+    cdk_alpha: float | None = DEFAULTS.cdk_alpha
+    cdk_k: int | None = DEFAULTS.cdk_k
+    n: int = DEFAULTS.candidates  # candidates, re-ranked by the engine (retriever score); the best is judged
+    retrieve: int = DEFAULTS.retrieve
 
 
 class EngineTasks:
