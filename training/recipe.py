@@ -13,6 +13,9 @@ Each stage is the ordinary `tessera` command it documents, run as a subprocess i
 under --out; a stage whose output exists is skipped and the two model trainings resume from their
 checkpoints, so the recipe can be killed and rerun at any point. `--install` copies the exported
 bundle to assets/models/shapes/ (what the studio and CLI load by default).
+
+`tessera train recipe folder DIR --out RUN [--budget-hours H]` runs the same design on a folder of
+captioned images (training/folder_recipe.py).
 """
 
 from __future__ import annotations
@@ -46,8 +49,12 @@ class Stage:
 
 def register(groups: dict) -> None:
     p = groups["train"].add_parser("recipe", help="run every stage of a named recipe (resumable)")
-    p.add_argument("name", choices=["shapes"])
-    p.add_argument("--out", default="runs/shapes", help="run folder (default runs/shapes)")
+    p.add_argument("name", choices=["shapes", "folder"])
+    p.add_argument("folder", nargs="?", help="folder: the images with their captions (metadata.jsonl or a "
+                                             ".txt beside each image)")
+    p.add_argument("--out", help="run folder (default runs/shapes; required for a folder)")
+    p.add_argument("--budget-hours", type=float, default=1.0,
+                   help="folder: the time the whole recipe may take on this machine (default 1)")
     p.add_argument("--reuse-tokenizers", action="store_true",
                    help="use the shipped image and text tokenizers instead of training them")
     p.add_argument("--install", action="store_true", help="copy the bundle to assets/models/shapes")
@@ -122,13 +129,27 @@ def shapes_stages(out: Path, reuse_tokenizers: bool) -> list[Stage]:
 
 
 def cmd_recipe(args: argparse.Namespace) -> int:
-    out = Path(args.out)
+    from engine.errors import BadInputError
+
+    folder = args.name == "folder"
+    if folder and not (args.folder and args.out):
+        raise BadInputError("tessera train recipe folder DIR --out RUN: name the folder and the run folder")
+    if not folder and args.folder:
+        raise BadInputError(f"the shapes recipe takes no folder (got {args.folder})")
+    if folder and args.install:
+        raise BadInputError("--install is for the shapes recipe; a folder bundle opens with --bundle")
+    out = Path(args.out or "runs/shapes")
     out.mkdir(parents=True, exist_ok=True)
-    stages = shapes_stages(out, args.reuse_tokenizers)
+    if folder:
+        from training.folder_recipe import folder_stages, report
+
+        stages = folder_stages(args.folder, out, args.budget_hours, save_plan=not args.dry_run)
+    else:
+        stages = shapes_stages(out, args.reuse_tokenizers)
     log = out / "recipe.jsonl"
     for stage in stages:
         if args.dry_run:
-            print(f"{stage.name:>16}: tessera {' '.join(stage.args)}")
+            print(f"{stage.name:>19}: tessera {' '.join(stage.args)}")
             continue
         if stage.done.exists():
             print(f"[recipe] {stage.name}: done ({stage.done})", file=sys.stderr)
@@ -142,6 +163,12 @@ def cmd_recipe(args: argparse.Namespace) -> int:
         if code != 0:
             print(f"[recipe] {stage.name} failed with exit code {code}; rerun to resume", file=sys.stderr)
             return code
+    if folder and not args.dry_run:
+        done = out / "report.json"
+        result = json.loads(done.read_text()) if done.is_file() else report(out)
+        print(f"[recipe] held-out report ({done}): {json.dumps(result)}", file=sys.stderr)
+        print(f"[recipe] the bundle: tessera generate --bundle {out / 'bundle'} \"a caption\"; "
+              "in the studio: File > Open model...", file=sys.stderr)
     if args.install and not args.dry_run:
         target = assets_dir() / "models" / "shapes"
         tmp = target.with_name(".shapes.installing")
