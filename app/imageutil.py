@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 from PySide6.QtCore import QBuffer, QByteArray, QIODevice, Qt
 from PySide6.QtGui import QIcon, QImage, QPixmap
@@ -35,17 +33,6 @@ def grey_from_qimage(image: QImage) -> np.ndarray:
     h, w = image.height(), image.width()
     buf = np.frombuffer(image.constBits(), np.uint8, count=image.bytesPerLine() * h)
     return buf.reshape(h, image.bytesPerLine())[:, :w].copy()
-
-
-def load_image(path: str | Path) -> np.ndarray:
-    """Read any image Qt can decode as RGBA; a clear error for anything else."""
-    path = Path(path)
-    if not path.is_file():
-        raise BadInputError(f"{path}: no such file")
-    image = QImage(str(path))
-    if image.isNull():
-        raise BadInputError(f"{path.name}: not an image Tessera can read (PNG, JPEG, WebP, BMP, TIFF…)")
-    return from_qimage(image)
 
 
 def png_bytes(a: np.ndarray) -> bytes:

@@ -38,7 +38,6 @@ from app.controller import Controller
 from app.dialogs import ShortcutsDialog, ask_unsaved, error_box, open_log
 from app.document import Document
 from app.history import HistoryPanel
-from app.imageutil import load_image
 from app.insight_panel import InsightPanel
 from app.layers_panel import LayersPanel
 from app.layout_tool import LayoutLayer
@@ -49,6 +48,7 @@ from app.session import Session
 from app.settings import StudioSettings
 from app.worker import JobQueue
 from engine.errors import TesseraError
+from engine.imageio import load_image
 
 log = logging.getLogger(__name__)
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff)"
@@ -457,7 +457,7 @@ class MainWindow(QMainWindow):
 
     def open_path(self, path: str | Path) -> bool:
         try:
-            image = load_image(path)
+            image = load_image(path, size=None, alpha=True)  # the engine's loader: EXIF-upright
         except TesseraError as exc:
             self.show_error("Could not open the image", str(exc))
             return False

@@ -1,9 +1,11 @@
-"""Reading the user's image files for the engine (reference images, the user library, inputs).
+"""Reading the user's image files for the engine, the CLI and the studio (inputs, reference images,
+the user library, the canvas).
 
 `load_image` accepts anything Pillow decodes, in any mode: EXIF orientation applied, transparency
-composited on white, 16-bit scaled to 8-bit, palette/grey/CMYK converted to RGB, then a centre
-crop to a square and a LANCZOS resize. Every failure - missing, empty, truncated, not an image,
-too many pixels (a decompression bomb) - is one `BadInputError` naming the file and the reason.
+composited on white (or kept, for the studio's RGBA canvas), 16-bit scaled to 8-bit, palette/grey/CMYK
+converted to RGB, then optionally a centre crop to a square and a LANCZOS resize. Every failure -
+missing, empty, truncated, not an image, too many pixels (a decompression bomb) - is one
+`BadInputError` naming the file and the reason.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ MAX_PIXELS = 64_000_000  # ~8000 x 8000; larger files are refused before decodin
 IMAGE_EXTENSIONS = frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
+def _upright_8bit(img: Image.Image) -> Image.Image:
+    """EXIF orientation applied, 16-bit and float grey scaled to 8-bit; any other mode as it is."""
     with contextlib.suppress(Exception):  # a malformed EXIF block keeps the image, unrotated
         img = ImageOps.exif_transpose(img)
     if img.mode.startswith("I;16") or img.mode in ("I", "F"):
@@ -32,14 +35,29 @@ def to_rgb(img: Image.Image) -> Image.Image:
         elif img.mode == "F" and a.max(initial=0) <= 1.0:
             a = a * 255.0
         img = Image.fromarray(np.clip(a + 0.5, 0, 255).astype(np.uint8), "L")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info):
+    return img
+
+
+def _has_alpha(img: Image.Image) -> bool:
+    return img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Upright 8-bit RGB, transparency composited on white (what the model sees)."""
+    img = _upright_8bit(img)
+    if _has_alpha(img):
         rgba = img.convert("RGBA")
         img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
     return img.convert("RGB")
 
 
+def to_rgba(img: Image.Image) -> Image.Image:
+    """Upright 8-bit RGBA, transparency kept (what the studio's canvas holds)."""
+    return _upright_8bit(img).convert("RGBA")
+
+
 def square_resize(img: Image.Image, size: int) -> np.ndarray:
-    """Centre crop to a square, LANCZOS resize to size x size -> uint8 (size, size, 3)."""
+    """Centre crop to a square, LANCZOS resize to size x size -> uint8 (size, size, channels)."""
     w, h = img.size
     s = min(w, h)
     left, top = (w - s) // 2, (h - s) // 2
@@ -80,9 +98,12 @@ def open_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Iterator[Image
         raise BadInputError(f"{path}: cannot decode image: {reason}") from None
 
 
-def load_image(path: str | Path, size: int | None = 64, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """One image file as uint8 (H, W, 3) RGB: (size, size, 3) centre-cropped, or as stored if size is None."""
+def load_image(path: str | Path, size: int | None = 64, max_pixels: int = MAX_PIXELS, *,
+               alpha: bool = False) -> np.ndarray:
+    """One image file as uint8 (H, W, 3) RGB, or (H, W, 4) RGBA with `alpha`: (size, size, C)
+    centre-cropped, or as stored (upright) if size is None. The CLI, the engine and the studio open
+    the user's files here, so a file has one size and orientation everywhere."""
     with open_image(path, max_pixels) as img:
         img.load()
-        rgb = to_rgb(img)
-    return np.asarray(rgb, dtype=np.uint8) if size is None else square_resize(rgb, size)
+        pixels = to_rgba(img) if alpha else to_rgb(img)
+    return np.asarray(pixels, dtype=np.uint8) if size is None else square_resize(pixels, size)

@@ -12,8 +12,10 @@ import pytest
 from studio_fakes import FakeEngine, noise
 
 from app import mask as M
-from app.imageutil import load_image, png_bytes
+from app.imageutil import png_bytes
 from app.window import MainWindow
+from engine.imageio import load_image
+from engine.tasks import to_rgb_array
 
 TIMEOUT = 20_000
 
@@ -48,9 +50,24 @@ def test_exported_mask_is_black_and_white(win, tmp_path):
     win.doc.end_stroke()
     assert len(np.unique(win.doc.mask)) > 10
     assert win.export_mask(tmp_path / "mask.png")
-    exported = load_image(tmp_path / "mask.png")[..., 0]
+    exported = load_image(tmp_path / "mask.png", size=None, alpha=True)[..., 0]
     assert set(np.unique(exported)) == {0, 255}
     assert np.array_equal(exported == 255, win.doc.engine_mask())  # exactly what inpainting regenerates
+
+
+def test_a_rotated_jpeg_opens_upright_with_the_cli_size(win, tmp_path):
+    from PIL import Image
+
+    stored = np.zeros((20, 40, 3), np.uint8)  # 40 wide, 20 high as stored
+    stored[:, :20] = (220, 30, 30)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display (a phone held upright)
+    path = tmp_path / "rotated.jpg"
+    Image.fromarray(stored).save(path, quality=95, exif=exif)
+    assert win.open_path(path)
+    cli = to_rgb_array(path)  # what every CLI command hands the engine
+    assert win.doc.image.shape[:2] == cli.shape[:2] == (40, 20)  # upright: 20 wide, 40 high
+    assert np.abs(win.doc.image[..., :3].astype(int) - cli).max() <= 1  # the same pixels, not only the size
 
 
 @pytest.mark.parametrize("side", [64, 4000])

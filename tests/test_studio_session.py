@@ -18,8 +18,9 @@ from studio_fakes import FakeEngine, noise
 
 from app import mask as M
 from app.document import Document
-from app.imageutil import load_image, png_bytes
+from app.imageutil import png_bytes
 from app.window import MainWindow
+from engine.imageio import load_image
 
 TIMEOUT = 10_000
 REPO = Path(__file__).resolve().parent.parent
@@ -175,7 +176,7 @@ def test_screenshot_command_renders_the_demo_offscreen(tmp_path):
     done = subprocess.run([sys.executable, "-c", CLI, "studio", "--screenshot", str(out), "--demo"],
                           env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    shot = load_image(out)
+    shot = load_image(out, size=None, alpha=True)
     assert shot.shape == (900, 1440, 4)
     assert len(np.unique(shot.reshape(-1, 4), axis=0)) > 500  # a real rendering, not a blank window
     assert not (home / "session").exists()  # the demo never touches the artist's session
