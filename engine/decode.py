@@ -3,8 +3,8 @@
 A `Stream` is a prefilled batch: N candidates of one conditional prompt, optionally followed by N
 rows of the unconditional prompt (classifier-free guidance / CD-K run in the same batch). The span
 functions are generators: each `next()` runs one decode step and yields a `Step`, so a caller
-(an engine job) can report progress, draw a preview after every finished row, and stop between any
-two steps. The blocking helpers at the bottom wrap them with `on_row` / `should_stop` callbacks.
+(an engine job, engine/tasks.py) can report progress, draw a preview after every finished row, and
+stop between any two steps: the one way decoding is driven.
 
     stream = start(backend, cond_ids, uncond_ids, n=4)
     for step in image_span(stream, vocab, guided_sampler(seed, cfg_scale=3.0)):
@@ -14,20 +14,16 @@ two steps. The blocking helpers at the bottom wrap them with `on_row` / `should_
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from engine.backends import Backend
-from engine.errors import BadInputError, TesseraError
+from engine.errors import BadInputError
 from engine.sampling import AllowOnly, TokenSelector, modality_mask
 from engine.vocab import Vocab
-
-
-class DecodeCancelled(TesseraError):
-    """`should_stop()` returned True; raised before the next decode step."""
 
 
 @dataclass
@@ -156,59 +152,3 @@ def text_results(tokens: np.ndarray, vocab: Vocab) -> list[np.ndarray]:
 def _first_non_text(row: np.ndarray, vocab: Vocab) -> int:
     bad = np.flatnonzero(~vocab.is_text(row))
     return int(bad[0]) if bad.size else len(row)
-
-
-# -- blocking helpers ---------------------------------------------------------------------------------
-def run_span(steps: Iterator[Step], width: int | None = None,
-             on_row: Callable[[int, np.ndarray], None] | None = None,
-             should_stop: Callable[[], bool] | None = None) -> Step:
-    """Drive a span to its end. `should_stop` is checked before every decode step (raises
-    DecodeCancelled); `on_row(rows_done, tokens (n, rows_done*width))` after every finished row."""
-    last = None
-    while True:
-        if should_stop is not None and should_stop():
-            raise DecodeCancelled("generation was cancelled")
-        step = next(steps, None)
-        if step is None:
-            break
-        last = step
-        if on_row is not None and width and step.done % width == 0:
-            on_row(step.done // width, step.tokens)
-    if last is None:
-        raise ValueError("empty span")
-    return last
-
-
-def generate_image_tokens(
-    backend: Backend, cond: np.ndarray, uncond: np.ndarray | None, n_candidates: int, vocab: Vocab,
-    sampler: TokenSelector, on_row: Callable[[int, np.ndarray], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-) -> np.ndarray:
-    """N candidate images for one prompt: codes (N, H, W). `on_row(rows_done, codes (N, rows_done*W))`."""
-    h, w = vocab.image_grid
-    row_cb = None if on_row is None else (lambda r, ids: on_row(r, vocab.to_codes(ids)))
-    stream = start(backend, cond, uncond, n_candidates)
-    step = run_span(image_span(stream, vocab, sampler), w, row_cb, should_stop)
-    return vocab.to_codes(step.tokens).reshape(n_candidates, h, w)
-
-
-def generate_segmentation(
-    backend: Backend, prompt: np.ndarray, vocab: Vocab, sampler: TokenSelector,
-    on_row: Callable[[int, np.ndarray], None] | None = None, should_stop: Callable[[], bool] | None = None,
-) -> np.ndarray:
-    """One class grid (H, W) for a segmentation prompt (unguided, one candidate)."""
-    h, w = vocab.image_grid
-    row_cb = None if on_row is None else (lambda r, ids: on_row(r, vocab.to_classes(ids)))
-    step = run_span(seg_span(start(backend, prompt), vocab, sampler), w, row_cb, should_stop)
-    return vocab.to_classes(step.tokens).reshape(h, w)
-
-
-def generate_text(
-    backend: Backend, cond: np.ndarray, uncond: np.ndarray | None, n_candidates: int, vocab: Vocab,
-    sampler: TokenSelector, max_tokens: int = 64, stop_ids: Sequence[int] = (Vocab.eos, Vocab.brk),
-    should_stop: Callable[[], bool] | None = None,
-) -> list[np.ndarray]:
-    """N candidate texts: BPE-shifted text ids per candidate, stop id excluded."""
-    stream = start(backend, cond, uncond, n_candidates)
-    step = run_span(text_span(stream, vocab, sampler, max_tokens, stop_ids), should_stop=should_stop)
-    return text_results(step.tokens, vocab)

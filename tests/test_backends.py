@@ -11,9 +11,10 @@ import textwrap
 import numpy as np
 import onnxruntime as ort
 import pytest
+from spans import image_codes
 
 from engine.bundle import Bundle
-from engine.decode import generate_image_tokens, left_pad
+from engine.decode import left_pad
 from engine.formats import unconditional_image_prompt
 from engine.providers import CUDA, create_session, physical_cores, session_options
 from engine.sampling import Argmax, ClassifierFreeGuidance, Sampler, guided_sampler
@@ -76,7 +77,7 @@ def test_same_tokens_for_the_same_seed_on_both_backends(backends, bundle, seeded
     for name, be in backends.items():
         sampler = guided_sampler(11, cfg_scale=3.0, top_p=0.9) if seeded else Sampler(
             [ClassifierFreeGuidance(3.0)], Argmax())
-        out[name] = generate_image_tokens(be, cond, unconditional_image_prompt(vocab), 3, vocab, sampler)
+        out[name] = image_codes(be, cond, unconditional_image_prompt(vocab), 3, vocab, sampler)
     np.testing.assert_array_equal(out["onnx"], out["torch"])
     assert out["onnx"].shape == (3, *vocab.image_grid)
 
@@ -92,7 +93,7 @@ def test_int8_graphs_stay_close_to_float32(bundle, backends):
     vocab = bundle.vocab
     cond = np.array([vocab.eos, vocab.text_offset + 5, vocab.brk])
     uncond = unconditional_image_prompt(vocab)
-    codes = generate_image_tokens(int8, cond, uncond, 2, vocab, guided_sampler(0, 3.0))
+    codes = image_codes(int8, cond, uncond, 2, vocab, guided_sampler(0, 3.0))
     assert codes.shape == (2, *vocab.image_grid)
 
 
@@ -142,17 +143,19 @@ def test_generation_runs_where_torch_cannot_be_imported(tiny_bundle, tmp_path):
             raise SystemExit("the torch blocker is not active")
         import engine.backends, engine.bundle, engine.decode, engine.providers, engine.sampling
         from engine.bundle import Bundle
-        from engine.decode import generate_image_tokens, generate_text, start
+        from collections import deque
+        from engine.decode import image_span, start, text_span
         from engine.formats import text_to_image_prompt, unconditional_image_prompt
         from engine.sampling import guided_sampler
         b = Bundle.load({str(tiny_bundle)!r})
         be = b.backend()
         v = b.vocab
         cond = text_to_image_prompt(v, v.text_ids([5, 6, 7]))
-        codes = generate_image_tokens(be, cond, unconditional_image_prompt(v), 2, v, guided_sampler(0, 3.0))
-        assert codes.shape == (2, *v.image_grid), codes.shape
-        texts = generate_text(be, cond, None, 2, v, guided_sampler(0, None), max_tokens=5)
-        assert len(texts) == 2
+        stream = start(be, cond, unconditional_image_prompt(v), 2)
+        (step,) = deque(image_span(stream, v, guided_sampler(0, 3.0)), maxlen=1)
+        assert step.tokens.shape == (2, v.image_tokens_per_image), step.tokens.shape
+        (step,) = deque(text_span(start(be, cond, None, 2), v, guided_sampler(0, None), 5), maxlen=1)
+        assert len(step.tokens) == 2
         assert "torch" not in sys.modules
         print("ok", be.provider)
     """)
