@@ -25,6 +25,7 @@ import numpy as np
 
 from engine import instructions
 from engine.bundle import Bundle, content_digest
+from engine.chat_prompt import ChatPrompt
 from engine.errors import BadInputError, BundleError, UnsupportedTaskError
 from engine.events import RetrievedDocument
 from engine.formats import caption_image_doc, unconditional_image_prompt
@@ -86,6 +87,7 @@ class Engine:
         self.retriever, self.bank = retriever, bank
         config = bundle.config
         self.trained_tasks = frozenset(config.get("tasks") or PRETRAINED_TASKS)
+        self.chat_prompt = ChatPrompt.from_config(config)  # an imported chat model's prompt format
         self.tasks = frozenset(t for t, needs in TASKS.items() if self.trained_tasks.intersection(needs))
         default_names = ["background", *(f"class {i}" for i in range(1, self.vocab.seg_size))]
         self.seg_class_names: tuple[str, ...] = tuple(config.get("seg_classes") or default_names)
@@ -185,13 +187,17 @@ class Engine:
         is the prompt with its text replaced by <mask:0>. seed None = a random one, reported."""
         self._require("generate")
         text = clean_text(prompt, "prompt")
-        cond = self._fits(instructions.prompt("t2i", self.vocab, self.text_tokenizer, text=text), "prompt")
+        if self.chat_prompt is not None:  # an imported model: its own template and guidance stream
+            cond, uncond = self.chat_prompt.image_prompts(self.vocab, self.text_tokenizer, text)
+        else:
+            cond = instructions.prompt("t2i", self.vocab, self.text_tokenizer, text=text)
+            uncond = unconditional_image_prompt(self.vocab)
+        cond = self._fits(cond, "prompt")
         k = check_count(retrieve, "retrieve", 0, MAX_RETRIEVED)
         sampler, guided, settings = self._image_sampler(seed, n, cfg, temperature, top_p, cdk_alpha, cdk_k)
         settings.update(prompt=text, retrieve=k)
-        uncond = unconditional_image_prompt(self.vocab) if guided else None
-        request = Request("generate", "image", cond, uncond, sampler, settings, n=settings["n"],
-                          retrieval=Retrieval(k, text=text), rerank_text=text)
+        request = Request("generate", "image", cond, uncond if guided else None, sampler, settings,
+                          n=settings["n"], retrieval=Retrieval(k, text=text), rerank_text=text)
         return Job(run(self, request), "generate")
 
     def ground(self, prompt: str, boxes: Sequence[tuple[str, Sequence[int]]], *, n: int = 1,
@@ -308,8 +314,10 @@ class Engine:
     def _require(self, task: str) -> None:
         if task not in self.tasks:
             known = ", ".join(sorted(self.tasks)) or "nothing"
+            why = self.bundle.config.get("unsupported", {}).get(task)  # an imported model says why
             raise UnsupportedTaskError(
-                f"this model was not trained for {TASK_NAMES[task]} ({task}); {self.model_id} can do: {known}"
+                f"this model was not trained for {TASK_NAMES[task]} ({task}"
+                + (f": {why}" if why else "") + f"); {self.model_id} can do: {known}"
             )
 
     def _fits(self, prompt_ids: np.ndarray, what: str, reserve: int | None = None) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Training-side subcommands of `tessera`: data, train, eval, index, bench, model, export."""
+"""Training-side subcommands of `tessera`: data, train, eval, index, bench, model, export, import."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ GROUPS = {
     "index": "build and benchmark retrieval memory banks",
     "bench": "benchmarks",
     "model": "model presets",
+    "import": "import open-weight checkpoints (Janus-Pro)",
 }
 
 # Each module defines register(groups: dict[str, argparse._SubParsersAction]).
@@ -26,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "training.sft_commands",
     "training.recipe",
     "training.learn_commands",
+    "training.importers.commands",
 )
 
 
