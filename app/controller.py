@@ -26,6 +26,7 @@ from app.regions import Region
 from engine.errors import UnsupportedTaskError
 from engine.events import Finished, PartialImage, Progress, Retrieved
 from engine.io import atomic_write_bytes
+from engine.jobs import JobState
 from engine.paths import user_data_dir
 
 if TYPE_CHECKING:
@@ -216,7 +217,7 @@ class Controller(QObject):
 
     def _on_changed(self, job_id: int) -> None:
         record = self.win.queue.records.get(job_id)
-        if record is not None and record.state == "running" and record.task != "load":
+        if record is not None and record.state == JobState.RUNNING and record.task != "load":
             self._active = job_id
             self.message.emit(f"Running: {record.label}…")
             if record.task in IMAGE_TASKS:
@@ -240,13 +241,14 @@ class Controller(QObject):
             self._active = None
             self.win.canvas.show_preview(None)
             self.progress.emit(0, 0, 0.0)
-        if record.task == "library" and state != "done":
+        if record.task == "library" and state != JobState.FINISHED:
             self.win.retrieval.set_indexing(None)
-        if state == "done" and record.task != "load" and not record.params.get("quiet"):  # replaces "Running"
+        # "Done" replaces "Running"; the load and quiet jobs have messages of their own
+        if state == JobState.FINISHED and record.task != "load" and not record.params.get("quiet"):
             self.message.emit(f"Done: {record.label}")
-        if state == "cancelled":
+        if state == JobState.CANCELLED:
             self.message.emit(f"Cancelled: {record.label}")
-        elif state == "failed":
+        elif state == JobState.FAILED:
             if record.task == "load":
                 kept = "the previous model stays loaded" if self.model_id else "no model is loaded"
                 self.error.emit("Could not load the model", f"{result}\n\nThe studio keeps running ({kept}); "

@@ -28,10 +28,11 @@ from PySide6.QtWidgets import (
 from app import theme
 from app.imageutil import icon
 from app.qtfix import Signal
-from app.worker import TERMINAL, JobQueue
+from app.worker import JobQueue
+from engine.jobs import ENDED, JobState
 
-STATE_LABELS = {"queued": "Queued", "running": "Running…", "done": "Done", "cancelled": "Cancelled",
-                "failed": "Failed"}
+STATE_LABELS = {JobState.PENDING: "Queued", JobState.RUNNING: "Running…", JobState.FINISHED: "Done",
+                JobState.CANCELLED: "Cancelled", JobState.FAILED: "Failed"}
 
 
 @dataclass
@@ -230,17 +231,17 @@ class QueuePanel(QWidget):
             button.clicked.connect(lambda _=False, i=job_id: self.queue.cancel(i))
             self.table.setCellWidget(row, 3, button)
         state = QTableWidgetItem(STATE_LABELS[record.state])
-        if record.state == "failed":
+        if record.state == JobState.FAILED:
             state.setToolTip(record.message)
         self.table.setItem(row, 2, state)
         button = self.table.cellWidget(row, 3)
-        button.setEnabled(record.state not in TERMINAL)
+        button.setEnabled(record.state not in ENDED)
         self.cancel_all.setEnabled(bool(self.queue.pending()))
 
     def _clear_finished(self) -> None:
         for job_id in sorted(self._rows, key=self._rows.get, reverse=True):
             record = self.queue.records.get(job_id)
-            if record is None or record.state in TERMINAL:
+            if record is None or record.state in ENDED:
                 self.table.removeRow(self._rows.pop(job_id))
         self._rows = {job_id: i for i, job_id in enumerate(sorted(self._rows, key=self._rows.get))}
 

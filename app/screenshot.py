@@ -22,6 +22,7 @@ from PySide6.QtWidgets import QApplication
 from app.demo_engine import COLORS
 from app.window import MainWindow
 from engine.events import PartialImage
+from engine.jobs import ENDED
 
 log = logging.getLogger(__name__)
 STATES = ("generating", "mask", "segmentation", "caption", "layout", "regions")
@@ -49,7 +50,7 @@ def _settle(win: MainWindow) -> None:
 
 def _finish(win: MainWindow, job_id: int | None) -> None:
     """Wait for a job (a model on a busy machine may take minutes)."""
-    if job_id is None or not wait_until(lambda: win.queue.records[job_id].state in ("done", "failed"), 600):
+    if job_id is None or not wait_until(lambda: win.queue.records[job_id].state in ENDED, 600):
         raise RuntimeError(f"screenshot job {job_id} did not finish")
 
 
@@ -158,7 +159,7 @@ def take_screenshot(win: MainWindow, path: str | Path) -> int:
     win.resize(1440, 900)
     win.show()
     if not wait_until(lambda: win.queue.records and all(
-            r.state != "running" and r.state != "queued" for r in win.queue.records.values()), 600):
+            r.state in ENDED for r in win.queue.records.values()), 600):
         log.warning("the model did not finish loading before the screenshot")
     start = _stage(win, state)
     if start is not None:  # grab mid-stream: once the image is five rows in

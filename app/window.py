@@ -49,6 +49,7 @@ from app.settings import StudioSettings
 from app.worker import JobQueue
 from engine.errors import TesseraError
 from engine.imageio import load_image
+from engine.jobs import JobState
 
 log = logging.getLogger(__name__)
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff)"
@@ -370,7 +371,7 @@ class MainWindow(QMainWindow):
     def _on_load_ended(self, job_id: int, state: str, _result: object) -> None:
         """A bundle that fails to load leaves the previous model (if any) in place."""
         record = self.queue.records.get(job_id)
-        if record is not None and record.task == "load" and state != "done":
+        if record is not None and record.task == "load" and state != JobState.FINISHED:
             info = self.engine_info
             self.model_label.setText(self._model_text(info) if info else "●  no model")
 
@@ -407,7 +408,7 @@ class MainWindow(QMainWindow):
         def ended(ended_id: int, state: str, _result: object) -> None:
             if ended_id == job_id:
                 self.queue.ended.disconnect(ended)
-                if state == "done" and self.layout.from_segmentation():
+                if state == JobState.FINISHED and self.layout.from_segmentation():
                     self.act["layout"].trigger()
 
         self.queue.ended.connect(ended)  # after the controller's handler: the segmentation is set

@@ -26,11 +26,10 @@ from PySide6.QtCore import QObject, Qt, QThread, Slot
 from app.qtfix import Signal
 from engine.errors import TesseraError
 from engine.events import Cancelled, Failed, Finished, Progress
+from engine.jobs import ENDED, JobState
 
 log = logging.getLogger(__name__)
 
-STATES = ("queued", "running", "done", "cancelled", "failed")
-TERMINAL = ("done", "cancelled", "failed")
 PROGRESS_INTERVAL = 0.03  # s: Progress events are coalesced to ~30 per second; the rest are dropped
 
 # call(engine, progress) -> an engine Job (iterated for events) or a plain result.
@@ -47,7 +46,7 @@ class JobRecord:
     id: int
     task: str  # "generate", "inpaint", ..., "library", "load"
     label: str  # what the queue view shows
-    state: str = "queued"
+    state: JobState = JobState.PENDING  # the engine's job states (engine/jobs.py)
     params: dict = field(default_factory=dict)  # prompt and settings: history, re-run, PNG metadata
     context: Any = None  # studio-side data the result needs (e.g. the original image of an inpaint)
     message: str = ""  # the error of a failed job
@@ -63,7 +62,7 @@ class _Task:
 class _Worker(QObject):
     started = Signal(int)
     event = Signal(int, object)
-    ended = Signal(int, str, object)  # id, terminal state, Finished / plain result / error message
+    ended = Signal(int, str, object)  # id, JobState it ended in, Finished / plain result / error message
     engine_changed = Signal(object)  # EngineInfo-like dict, read on the worker thread
 
     def __init__(self) -> None:
@@ -106,7 +105,7 @@ class _Worker(QObject):
                     skipped = False
                     self._running_id, self._running_job = task.id, None
             if skipped:
-                self.ended.emit(task.id, "cancelled", None)
+                self.ended.emit(task.id, JobState.CANCELLED, None)
                 continue
             self.started.emit(task.id)
             try:
@@ -125,16 +124,16 @@ class _Worker(QObject):
         except Exception as exc:  # TesseraError: a plain message; anything else: a bug, logged in full
             if not isinstance(exc, TesseraError):
                 log.exception("job %d failed", task.id)
-            self.ended.emit(task.id, "failed", _message(exc))
+            self.ended.emit(task.id, JobState.FAILED, _message(exc))
             return
         if task.load:
             self.engine = result
             self.engine_changed.emit(engine_info(result))
-            self.ended.emit(task.id, "done", None)
+            self.ended.emit(task.id, JobState.FINISHED, None)
         elif isinstance(result, Iterator) and hasattr(result, "cancel"):
             self._stream(task.id, result)
         else:
-            self.ended.emit(task.id, "done", result)
+            self.ended.emit(task.id, JobState.FINISHED, result)
 
     def _stream(self, job_id: int, job) -> None:
         with self._lock:
@@ -153,20 +152,20 @@ class _Worker(QObject):
                 elif isinstance(ev, Finished):
                     if pending is not None:
                         self.event.emit(job_id, pending)
-                    self.ended.emit(job_id, "done", ev)
+                    self.ended.emit(job_id, JobState.FINISHED, ev)
                     return
                 elif isinstance(ev, Cancelled):
-                    self.ended.emit(job_id, "cancelled", None)
+                    self.ended.emit(job_id, JobState.CANCELLED, None)
                     return
                 elif isinstance(ev, Failed):
-                    self.ended.emit(job_id, "failed", ev.message)
+                    self.ended.emit(job_id, JobState.FAILED, ev.message)
                     return
                 self.event.emit(job_id, ev)
         except Exception as exc:  # an engine whose iterator raises instead of yielding Failed
             log.exception("job %d raised", job_id)
-            self.ended.emit(job_id, "failed", _message(exc))
+            self.ended.emit(job_id, JobState.FAILED, _message(exc))
             return
-        self.ended.emit(job_id, "failed", "the job ended without a result")
+        self.ended.emit(job_id, JobState.FAILED, "the job ended without a result")
 
 
 def _message(exc: BaseException) -> str:
@@ -188,7 +187,7 @@ class JobQueue(QObject):
 
     changed = Signal(int)  # a job was added or changed state
     event = Signal(int, object)  # Progress / PartialImage / Retrieved of a running job
-    ended = Signal(int, str, object)  # id, "done" | "cancelled" | "failed", result or message
+    ended = Signal(int, str, object)  # id, the JobState it ended in, result or message
     engine_changed = Signal(object)  # dict: model_id, provider, tasks, seg_class_names
 
     MAX_RECORDS = 200
@@ -235,13 +234,13 @@ class JobQueue(QObject):
     def cancel(self, job_id: int) -> bool:
         """Cancel that job and only that one. False if it already ended."""
         record = self.records.get(job_id)
-        if record is None or record.state in TERMINAL:
+        if record is None or record.state in ENDED:
             return False
         self._worker.cancel(job_id)
-        if record.state == "queued":  # the worker will skip it; report it at once
-            record.state = "cancelled"
+        if record.state == JobState.PENDING:  # the worker will skip it; report it at once
+            record.state = JobState.CANCELLED
             self.changed.emit(job_id)
-            self.ended.emit(job_id, "cancelled", None)
+            self.ended.emit(job_id, JobState.CANCELLED, None)
         return True
 
     def cancel_all(self) -> None:
@@ -249,16 +248,16 @@ class JobQueue(QObject):
             self.cancel(job_id)
 
     def running(self) -> JobRecord | None:
-        return next((r for r in self.records.values() if r.state == "running"), None)
+        return next((r for r in self.records.values() if r.state == JobState.RUNNING), None)
 
     def pending(self) -> list[JobRecord]:
-        return [r for r in self.records.values() if r.state in ("queued", "running")]
+        return [r for r in self.records.values() if r.state not in ENDED]
 
     def shutdown(self, timeout_ms: int = 5000) -> None:
         if not self._thread.isRunning():
             return
         for job_id in list(self.records):
-            if self.records[job_id].state == "queued":
+            if self.records[job_id].state == JobState.PENDING:
                 self._worker.cancel(job_id)
         self._worker.stop()
         self._thread.quit()
@@ -268,26 +267,26 @@ class JobQueue(QObject):
     # -- worker signals (queued onto the UI thread) ------------------------------------------------
     def _on_started(self, job_id: int) -> None:
         record = self.records.get(job_id)
-        if record is not None and record.state == "queued":
-            record.state = "running"
+        if record is not None and record.state == JobState.PENDING:
+            record.state = JobState.RUNNING
             self.changed.emit(job_id)
 
     def _on_event(self, job_id: int, ev: object) -> None:
         record = self.records.get(job_id)
-        if record is not None and record.state == "running":
+        if record is not None and record.state == JobState.RUNNING:
             self.event.emit(job_id, ev)
 
-    def _on_ended(self, job_id: int, state: str, result: object) -> None:
+    def _on_ended(self, job_id: int, name: str, result: object) -> None:
         record = self.records.get(job_id)
-        if record is None or record.state in TERMINAL:  # a queued job already reported as cancelled
+        if record is None or record.state in ENDED:  # a queued job already reported as cancelled
             return
-        record.state = state
-        if state == "failed":
+        record.state = state = JobState(name)  # a plain str after the queued signal
+        if state == JobState.FAILED:
             record.message = str(result)
         self.changed.emit(job_id)
         self.ended.emit(job_id, state, result)
 
     def _prune(self) -> None:
-        done = [i for i, r in self.records.items() if r.state in TERMINAL]
+        done = [i for i, r in self.records.items() if r.state in ENDED]
         for job_id in done[: max(0, len(self.records) - self.MAX_RECORDS)]:
             del self.records[job_id]

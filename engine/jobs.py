@@ -16,6 +16,7 @@ import itertools
 import logging
 import threading
 from collections.abc import Callable, Iterator
+from enum import Enum
 
 from engine.errors import TesseraError
 from engine.events import TERMINAL_EVENTS, Cancelled, Event, Failed, Finished
@@ -23,6 +24,23 @@ from engine.events import TERMINAL_EVENTS, Cancelled, Event, Failed, Finished
 log = logging.getLogger(__name__)
 
 _ids = itertools.count(1)  # next() on itertools.count is atomic under the GIL
+
+
+class JobState(str, Enum):
+    """A job's life, in the engine (`Job.state`) and in the studio's queue (app/worker.py) alike."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    PENDING = "pending"  # not started: the engine job not yet iterated, the studio job still queued
+    RUNNING = "running"
+    FINISHED = "finished"  # ended with `Finished`
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+ENDED = frozenset({JobState.FINISHED, JobState.CANCELLED, JobState.FAILED})
+_END_STATE = {Finished: JobState.FINISHED, Cancelled: JobState.CANCELLED, Failed: JobState.FAILED}
 
 
 class JobFailedError(TesseraError):
@@ -64,12 +82,11 @@ class Job:
         return self._terminal is not None
 
     @property
-    def state(self) -> str:
-        """'pending', 'running', 'finished', 'cancelled' or 'failed'."""
+    def state(self) -> JobState:
         terminal = self._terminal
         if terminal is None:
-            return "pending" if self._gen is None else "running"
-        return {Finished: "finished", Cancelled: "cancelled", Failed: "failed"}[type(terminal)]
+            return JobState.PENDING if self._gen is None else JobState.RUNNING
+        return _END_STATE[type(terminal)]
 
     @property
     def terminal(self) -> Event | None:

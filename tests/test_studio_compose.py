@@ -58,8 +58,8 @@ def drag(view, points):
 
 def wait_job(qtbot, win, job):
     assert job is not None
-    qtbot.waitUntil(lambda: win.queue.records[job].state not in ("queued", "running"), timeout=TIMEOUT)
-    assert win.queue.records[job].state == "done", win.queue.records[job].message
+    qtbot.waitUntil(lambda: win.queue.records[job].state not in ("pending", "running"), timeout=TIMEOUT)
+    assert win.queue.records[job].state == "finished", win.queue.records[job].message
 
 
 def test_paint_a_layout_and_generate_from_it(qtbot, engine, tmp_path):

@@ -34,7 +34,7 @@ def generate(qtbot, win, n=2):
     win.prompt.set_prompt("a red circle")
     win.prompt.candidates.setValue(n)
     job = win.controller.run()
-    qtbot.waitUntil(lambda: win.queue.records[job].state == "done", timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: win.queue.records[job].state == "finished", timeout=TIMEOUT)
 
 
 def test_empty_canvas_start_up_and_zoom(win):
@@ -99,9 +99,9 @@ def test_new_canvas_drops_caption_and_results_and_previews_hide_the_overlay(qtbo
     generate(qtbot, win)
     win.candidates.accept_current()
     job = win.controller.caption()
-    qtbot.waitUntil(lambda: win.queue.records[job].state == "done", timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: win.queue.records[job].state == "finished", timeout=TIMEOUT)
     job = win.controller.segment()
-    qtbot.waitUntil(lambda: win.queue.records[job].state == "done", timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: win.queue.records[job].state == "finished", timeout=TIMEOUT)
     assert win.caption_bar.isVisible() and win.canvas.seg_item.isVisible()
     generate(qtbot, win, n=2)
     assert len(win.candidates.items) == 3  # the first job's other candidate stays

@@ -32,8 +32,8 @@ def test_studio_runs_the_real_engine(qtbot, tiny_bundle, tessera_home):
     rows = []
     win.queue.event.connect(lambda _j, ev: rows.append(ev.rows_done) if hasattr(ev, "rows_done") else None)
     job = win.controller.run()
-    qtbot.waitUntil(lambda: win.queue.records[job].state not in ("queued", "running"), timeout=TIMEOUT)
-    assert win.queue.records[job].state == "done", win.queue.records[job].message
+    qtbot.waitUntil(lambda: win.queue.records[job].state not in ("pending", "running"), timeout=TIMEOUT)
+    assert win.queue.records[job].state == "finished", win.queue.records[job].message
     assert len(win.candidates.items) == 2 and rows and max(rows) == rows[-1]
     assert win.history.entries[0].seed == 3
     win.candidates.accept_current()
@@ -46,4 +46,4 @@ def test_studio_runs_the_real_engine(qtbot, tiny_bundle, tessera_home):
         with qtbot.waitSignal(win.queue.ended, timeout=TIMEOUT, check_params_cb=is_caption) as ended:
             win.controller.caption()
         _, state, finished = ended.args
-        assert state == "done" and win.insight.caption_text == (finished.candidates[0].text or "")
+        assert state == "finished" and win.insight.caption_text == (finished.candidates[0].text or "")

@@ -36,7 +36,7 @@ def studio(qtbot, tessera_home):
         win.show()
         qtbot.waitUntil(lambda: win.model_label.text().startswith("●"), timeout=TIMEOUT)
         jobs = list(win.queue.records)
-        qtbot.waitUntil(lambda: all(win.queue.records[j].state == "done" for j in jobs), timeout=TIMEOUT)
+        qtbot.waitUntil(lambda: all(win.queue.records[j].state == "finished" for j in jobs), timeout=TIMEOUT)
         messages = []
         win.controller.message.connect(messages.append)
         return win, engine, messages

@@ -21,6 +21,7 @@ from app.imageutil import png_bytes
 from app.window import MainWindow
 from engine.errors import BundleError
 from engine.events import PartialImage
+from engine.imageio import load_image
 from engine.pngmeta import read_params
 
 TIMEOUT = 10_000
@@ -43,7 +44,7 @@ def run_and_wait(qtbot, win, task="generate", prompt="a red circle and a blue st
     win.prompt.candidates.setValue(n)
     job = win.controller.run()
     assert job is not None
-    qtbot.waitUntil(lambda: win.queue.records[job].state in ("done", "failed", "cancelled"), timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: win.queue.records[job].state not in ("pending", "running"), timeout=TIMEOUT)
     return job
 
 
@@ -270,7 +271,7 @@ def test_engine_failure_shows_a_message_and_the_studio_keeps_running(qtbot, stud
     assert shown and "the decoder produced NaNs" in shown[0].text.toPlainText() and not opened
     engine.fail_with = None
     job = run_and_wait(qtbot, win)
-    assert win.queue.records[job].state == "done"
+    assert win.queue.records[job].state == "finished"
 
 
 def test_bad_file_and_incompatible_bundle_keep_the_studio_running(qtbot, studio, tmp_path):
@@ -288,7 +289,7 @@ def test_bad_file_and_incompatible_bundle_keep_the_studio_running(qtbot, studio,
     qtbot.waitUntil(lambda: win.queue.records[load].state == "failed", timeout=TIMEOUT)
     assert "newer Tessera" in win.last_error.text() and "previous model stays" in win.last_error.text()
     assert win.model_label.text() == "●  fake-shapes  ·  CPU"
-    assert win.queue.records[run_and_wait(qtbot, win)].state == "done"
+    assert win.queue.records[run_and_wait(qtbot, win)].state == "finished"
 
 
 def test_starting_with_a_broken_bundle(qtbot, tessera_home):
@@ -304,7 +305,7 @@ def test_starting_with_a_broken_bundle(qtbot, tessera_home):
     engine = FakeEngine()
     win.load_engine(lambda: engine)
     qtbot.waitUntil(lambda: win.model_label.text().startswith("●  fake"), timeout=TIMEOUT)
-    assert win.queue.records[run_and_wait(qtbot, win)].state == "done"
+    assert win.queue.records[run_and_wait(qtbot, win)].state == "finished"
 
 
 def test_save_png_with_parameters_export_mask_and_drop(qtbot, studio, tmp_path):
@@ -318,9 +319,7 @@ def test_save_png_with_parameters_export_mask_and_drop(qtbot, studio, tmp_path):
     assert params["model_id"] == "fake-shapes" and params["settings"]["cfg"] == 3.0
     win.doc.edit_mask(np.full_like(win.doc.mask, 255), "all")
     assert win.export_mask(tmp_path / "mask.png")
-    from app.imageutil import load_image
-
-    assert (load_image(tmp_path / "mask.png")[..., 0] == 255).all()
+    assert (load_image(tmp_path / "mask.png", size=None) == 255).all()
     dropped = open_image(win, tmp_path, noise(40, 30, seed=5), "drop.png")
     win.new_canvas()
     text = QMimeData()
@@ -439,7 +438,7 @@ def measure_stall(win, start_job) -> tuple[float, int]:
 
     def ended(job_id, state, _result):
         if job and job_id == job[0]:
-            assert state == "done", win.queue.records[job_id].message
+            assert state == "finished", win.queue.records[job_id].message
             loop.quit()
 
     win.queue.ended.connect(ended)

@@ -12,6 +12,7 @@ from studio_fakes import FakeEngine
 from app.worker import JobQueue
 from engine.errors import BundleError
 from engine.events import PartialImage, Progress
+from engine.jobs import JobState
 
 TIMEOUT = 10_000
 
@@ -40,7 +41,7 @@ def generate(queue, prompt, **kw):
 
 
 def wait_done(qtbot, queue, *ids):
-    qtbot.waitUntil(lambda: all(queue.records[i].state in ("done", "cancelled", "failed") for i in ids),
+    qtbot.waitUntil(lambda: all(queue.records[i].state in ("finished", "cancelled", "failed") for i in ids),
                     timeout=TIMEOUT)
 
 
@@ -60,21 +61,29 @@ def test_the_engine_is_loaded_and_read_on_the_worker_thread(qtbot, queue):
     assert threads and threads[0] != threading.get_ident()
 
 
-def test_a_job_goes_queued_running_done_with_events(qtbot, queue, engine):
+def test_a_job_goes_through_the_engines_job_states_with_events(qtbot, queue, engine):
     loaded(qtbot, queue, engine)
-    changes, events, ended = [], [], []
-    # the load job's own "done" may still be on its way: keep only this job's signals
+    changes, events, ended, engine_jobs = [], [], [], []
+    # the load job's own "finished" may still be on its way: keep only this job's signals
     queue.changed.connect(lambda i: changes.append((i, queue.records[i].state)))
     queue.event.connect(lambda i, ev: events.append(ev))
     queue.ended.connect(lambda i, state, result: ended.append((i, state, result)))
-    job = generate(queue, "a red circle", n=2)
+
+    def call(eng, _):
+        engine_jobs.append(eng.generate("a red circle", seed=1, n=2))
+        return engine_jobs[-1]
+
+    job = queue.submit("generate", "a red circle", call)
     wait_done(qtbot, queue, job)
-    assert [state for i, state in changes if i == job] == ["queued", "running", "done"]
+    states = [state for i, state in changes if i == job]
+    assert states == [JobState.PENDING, JobState.RUNNING, JobState.FINISHED]
+    assert all(type(s) is JobState for s in states)  # one set of states: the engine's
+    assert engine_jobs[0].state == queue.records[job].state == JobState.FINISHED
     ended = [e for e in ended if e[0] == job]
     assert {type(e) for e in events} >= {Progress, PartialImage}
     rows = [e.rows_done for e in events if isinstance(e, PartialImage) and e.candidate == 0]
     assert rows == list(range(1, 9))  # row by row
-    assert ended[0][:2] == (job, "done") and len(ended[0][2].candidates) == 2
+    assert ended[0][:2] == (job, "finished") and len(ended[0][2].candidates) == 2
 
 
 def test_cancel_hits_exactly_the_right_job_among_several(qtbot, queue, engine):
@@ -84,13 +93,13 @@ def test_cancel_hits_exactly_the_right_job_among_several(qtbot, queue, engine):
     qtbot.waitUntil(lambda: queue.records[ids[0]].state == "running", timeout=TIMEOUT)
     assert queue.cancel(ids[2])  # queued: cancelled at once, never reaches the engine
     assert queue.records[ids[2]].state == "cancelled"
-    assert [queue.records[i].state for i in ids] == ["running", "queued", "cancelled", "queued"]
+    assert [queue.records[i].state for i in ids] == ["running", "pending", "cancelled", "pending"]
     assert queue.cancel(ids[0])  # running: its engine job is cancelled
     qtbot.waitUntil(lambda: queue.records[ids[0]].state == "cancelled", timeout=TIMEOUT)
     qtbot.waitUntil(lambda: queue.records[ids[1]].state == "running", timeout=TIMEOUT)
     engine.hold.set()
     wait_done(qtbot, queue, *ids)
-    assert [queue.records[i].state for i in ids] == ["cancelled", "done", "cancelled", "done"]
+    assert [queue.records[i].state for i in ids] == ["cancelled", "finished", "cancelled", "finished"]
     assert [prompt for _, prompt in engine.calls] == ["job 0", "job 1", "job 3"]
     assert not queue.cancel(ids[1])  # finished jobs cannot be cancelled
 
@@ -158,7 +167,7 @@ def test_failures_end_the_job_and_the_queue_goes_on(qtbot, queue, engine):
     assert queue.records[failed].message == "the model ran out of tokens"
     assert queue.records[crashed].message == "RuntimeError: a bug"
     assert queue.records[broken].message == "ValueError: broken iterator"
-    assert queue.records[ok].state == "done"
+    assert queue.records[ok].state == "finished"
 
 
 def test_without_a_model_jobs_fail_with_a_clear_message(qtbot, queue):
@@ -185,7 +194,7 @@ def test_plain_calls_report_progress(qtbot, queue, engine):
     job = queue.submit("library", "index", index)
     with qtbot.waitSignal(queue.ended, timeout=TIMEOUT) as blocker:
         pass
-    assert blocker.args == [job, "done", "indexed"]
+    assert blocker.args == [job, "finished", "indexed"]
     assert progress == [(1, 3), (2, 3), (3, 3)]
 
 
