@@ -16,11 +16,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PySide6.QtCore import QObject
 
-from app import mask as M
 from app.history import HistoryEntry
 from app.imageutil import png_bytes, resize, rgba
 from app.panels import CandidateItem, LibraryItem
-from app.prompt_panel import TASKS
 from app.qtfix import Signal
 from app.regions import Region
 from engine.errors import UnsupportedTaskError
@@ -28,16 +26,12 @@ from engine.events import Finished, PartialImage, Progress, Retrieved
 from engine.io import atomic_write_bytes
 from engine.jobs import JobState
 from engine.paths import user_data_dir
+from engine.task_table import IMAGE_TASKS, TASKS, EngineTask
 
 if TYPE_CHECKING:
     from app.window import MainWindow
     from engine.library import AddReport, UserLibrary
 
-IMAGE_TASKS = ("generate", "inpaint", "edit", "layout", "ground")
-# The sampling settings each image task takes (engine.Engine): only text-to-image has CD-K and retrieval.
-SAMPLING = ("n", "cfg", "temperature", "top_p", "cdk_alpha", "cdk_k", "retrieve")
-GUIDED_SAMPLING = ("n", "cfg", "temperature", "top_p")
-LABELS = {"layout": "Layout", "ground": "Regions"}  # tasks of the Compose panel, not of the prompt panel
 
 
 def _short(text: str, n: int = 40) -> str:
@@ -68,15 +62,16 @@ class Controller(QObject):
         """Run the task picked in the prompt panel. Returns the job id, or None (with a message)."""
         panel, doc = self.win.prompt, self.win.doc
         task, text = panel.task(), panel.prompt_text()
-        if TASKS[task][3] and not text and task != "inpaint":  # inpainting may follow no prompt
-            return self._refuse("Type a prompt first." if task != "answer" else "Type a question first.")
-        if task in ("caption", "segment", "answer") and doc.is_blank():
+        if TASKS[task].prompt == "required" and not text:
+            what = "question" if task == EngineTask.ANSWER else "prompt"
+            return self._refuse(f"Type a {what} first.")
+        if TASKS[task].output != "image" and doc.is_blank():
             return self._refuse("The canvas is empty: generate or open an image first.")
-        if task == "caption":
+        if task == EngineTask.CAPTION:
             return self.caption()
-        if task == "segment":
+        if task == EngineTask.SEGMENT:
             return self.segment()
-        if task == "answer":
+        if task == EngineTask.ANSWER:
             return self.ask(text)
         return self._submit(task, text, panel.take_seed(), panel.sampling())
 
@@ -87,7 +82,7 @@ class Controller(QObject):
             return self._refuse("Paint a layout first: Layout brush (L) with a class from the Compose panel, "
                                 "or start from the segmentation.")
         panel = self.win.prompt
-        return self._submit("layout", panel.prompt_text(), panel.take_seed(), panel.sampling(),
+        return self._submit(EngineTask.LAYOUT, panel.prompt_text(), panel.take_seed(), panel.sampling(),
                             layout=layer.classes.copy())
 
     def run_regions(self) -> int | None:
@@ -97,38 +92,37 @@ class Controller(QObject):
             return self._refuse("Draw a box first: Boxes tool (X), then drag on the canvas.")
         if not panel.prompt_text():
             return self._refuse("Type a prompt first: it describes the whole picture.")
-        return self._submit("ground", panel.prompt_text(), panel.take_seed(), panel.sampling(),
+        return self._submit(EngineTask.GROUND, panel.prompt_text(), panel.take_seed(), panel.sampling(),
                             boxes=self.win.regions.engine_boxes())
 
-    def _submit(self, task: str, text: str, seed: int, sampling: dict, layout: np.ndarray | None = None,
-                boxes: list | None = None) -> int | None:
+    def _submit(self, task: EngineTask, text: str, seed: int, sampling: dict,
+                layout: np.ndarray | None = None, boxes: list | None = None) -> int | None:
         """Queue an image task; what it reads (canvas, mask, layout, boxes) is copied now."""
         doc = self.win.doc
-        if task in ("inpaint", "edit") and doc.is_blank():
+        if task in (EngineTask.INPAINT, EngineTask.EDIT) and doc.is_blank():
             return self._refuse("The canvas is empty: generate or open an image first.")
-        if task == "inpaint" and not doc.has_mask():
+        if task == EngineTask.INPAINT and not doc.has_mask():
             return self._refuse("Paint a mask over the part to regenerate first (brush: B).")
-        keys = SAMPLING if task == "generate" else GUIDED_SAMPLING
-        sampling = {k: sampling[k] for k in keys if k in sampling}
+        sampling = {k: sampling[k] for k in TASKS[task].sampling if k in sampling}  # what the request takes
         params = {"task": task, "prompt": text, "seed": seed, "settings": {**sampling, "seed": seed},
                   "layout": layout, "boxes": boxes}  # what an interrupted job needs to run again
-        label = f"{LABELS.get(task) or TASKS[task][0]} · {_short(text)}"
-        if task == "generate":
+        label = f"{TASKS[task].label} · {_short(text)}"
+        if task == EngineTask.GENERATE:
             def call(engine, _):
                 return engine.generate(text, seed=seed, **sampling)
             return self.win.queue.submit(task, label, call, params)
-        if task == "layout":
+        if task == EngineTask.LAYOUT:
             def call(engine, _):
                 return engine.from_layout(layout, text, seed=seed, **sampling)
             return self.win.queue.submit(task, label, call, params)
-        if task == "ground":
+        if task == EngineTask.GROUND:
             def call(engine, _):
                 return engine.ground(text, boxes, seed=seed, **sampling)
             return self.win.queue.submit(task, label, call, params)
         image = doc.engine_image()
-        if task == "inpaint":
-            mask = doc.engine_mask()
-            context = {"original": doc.image.copy(), "alpha": doc.alpha(self.feather)}
+        if task == EngineTask.INPAINT:
+            mask = doc.alpha(self.feather)  # coverage, feathered: the engine blends its result by it
+            context = {"original": doc.image.copy(), "untouched": mask == 0}
 
             def call(engine, _):
                 return engine.inpaint(image, mask, text, seed=seed, **sampling)
@@ -144,17 +138,17 @@ class Controller(QObject):
         included) stays as the artist set it. Inpainting and editing read the current canvas."""
         settings = entry.settings
         seed = entry.seed if entry.seed is not None else self.win.prompt.take_seed()
-        layout = np.asarray(settings["layout"]) if entry.task == "layout" else None
+        layout = np.asarray(settings["layout"]) if entry.task == EngineTask.LAYOUT else None
         boxes = [(label, tuple(box)) for label, box in settings.get("boxes", [])] or None
-        return self._submit(entry.task, entry.prompt, seed, settings, layout=layout, boxes=boxes)
+        return self._submit(EngineTask(entry.task), entry.prompt, seed, settings, layout=layout, boxes=boxes)
 
     def recall(self, entry: HistoryEntry) -> None:
         """"Use settings": the prompt panel gets the entry's task, prompt, seed and settings; a layout
         or boxes go back onto the canvas (undoably)."""
         self.win.prompt.recall(entry.task, entry.prompt, entry.seed, entry.settings)
-        if entry.task == "layout" and "layout" in entry.settings:
+        if entry.task == EngineTask.LAYOUT and "layout" in entry.settings:
             self.win.layout.replace(np.asarray(entry.settings["layout"]), "Layout from history")
-        if entry.task == "ground" and entry.settings.get("boxes"):
+        if entry.task == EngineTask.GROUND and entry.settings.get("boxes"):
             boxes = [Region.from_json(b) for b in entry.settings["boxes"]]
             self.win.regions.edit(boxes, "Boxes from history")
 
@@ -162,19 +156,19 @@ class Controller(QObject):
         if self.win.doc.is_blank():
             return self._refuse("The canvas is empty: nothing to caption.")
         image = self.win.doc.engine_image()
-        return self.win.queue.submit("caption", "Caption", lambda engine, _: engine.caption(image))
+        return self.win.queue.submit(EngineTask.CAPTION, "Caption", lambda engine, _: engine.caption(image))
 
     def segment(self) -> int | None:
         if self.win.doc.is_blank():
             return self._refuse("The canvas is empty: nothing to segment.")
         image = self.win.doc.engine_image()
-        return self.win.queue.submit("segment", "Segment", lambda engine, _: engine.segment(image))
+        return self.win.queue.submit(EngineTask.SEGMENT, "Segment", lambda engine, _: engine.segment(image))
 
     def ask(self, question: str) -> int | None:
         if self.win.doc.is_blank():
             return self._refuse("The canvas is empty: nothing to ask about.")
         image = self.win.doc.engine_image()
-        return self.win.queue.submit("answer", f"Ask · {_short(question)}",
+        return self.win.queue.submit(EngineTask.ANSWER, f"Ask · {_short(question)}",
                                      lambda engine, _: engine.answer(image, question), {"prompt": question})
 
     def add_reference(self) -> int | None:
@@ -257,15 +251,15 @@ class Controller(QObject):
                 self.error.emit(f"{record.label} failed", str(result))
         elif record.task in IMAGE_TASKS:
             self._images_done(record, result)
-        elif record.task == "caption":
+        elif record.task == EngineTask.CAPTION:
             text = result.candidates[0].text or ""
             self.win.insight.set_caption(text)
             self.caption_ready.emit(text)
             self.message.emit("Caption ready: copy it to the prompt from the Describe panel.")
-        elif record.task == "answer":
+        elif record.task == EngineTask.ANSWER:
             self.win.insight.add_answer(record.params.get("prompt", ""), result.candidates[0].text or "")
             self.win.show_panel("describe")
-        elif record.task == "segment":
+        elif record.task == EngineTask.SEGMENT:
             grid = np.asarray(result.candidates[0].segmentation)
             self.win.doc.set_segmentation(grid, self.class_names)
             self.message.emit("Segmented. Pick the Region tool (R) and click a region to make it the mask.")
@@ -294,12 +288,13 @@ class Controller(QObject):
                           "Accept one onto the canvas (Enter), keep it or discard it.")
 
     def _result_image(self, record, image: np.ndarray) -> np.ndarray:
-        """A model image as the canvas will get it: inpainting composited into the original."""
+        """A model image as the canvas will get it. Inpainting comes composited by the engine (an RGB
+        world): where the mask is 0 the canvas keeps its own RGBA pixels, transparency included."""
         out = rgba(image)
-        if record.task == "inpaint":
-            original, alpha = record.context["original"], record.context["alpha"]
-            out = M.composite(original, resize(out, original.shape[1], original.shape[0]), alpha)
-        elif record.task == "edit":
+        if record.task == EngineTask.INPAINT:
+            original, untouched = record.context["original"], record.context["untouched"]
+            out = np.where(untouched[..., None], original, out)
+        elif record.task == EngineTask.EDIT:
             out = resize(out, *record.context["size"])
         return out
 

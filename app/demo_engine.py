@@ -19,20 +19,18 @@ from functools import lru_cache
 
 import numpy as np
 
-from engine.errors import BadInputError
+from engine.errors import BadInputError, UnsupportedTaskError
 from engine.events import Candidate, Finished, PartialImage, Progress, Retrieved, RetrievedDocument
 from engine.jobs import Job
 from engine.library import UserLibrary
 from engine.retriever import normalize
+from engine.settings import DEFAULTS as D
+from engine.shapes_world import CELL_CENTERS, COLORS, KINDS, POSITIONS
+from engine.shapes_world import PLAIN_BACKGROUNDS as BACKGROUNDS
+from engine.task_table import TASKS, EngineTask
+from engine.tasks import compositor, pixel_mask
 
-KINDS = ("circle", "square", "triangle", "star", "heart", "cross")
-COLORS = {
-    "red": (215, 35, 35), "orange": (245, 135, 20), "yellow": (240, 205, 20), "green": (35, 155, 55),
-    "cyan": (20, 190, 205), "blue": (40, 75, 220), "purple": (135, 50, 195), "pink": (245, 110, 190),
-}
-BACKGROUNDS = {"light grey": (222, 222, 222), "cream": (241, 233, 214), "dark grey": (62, 64, 70)}
 SIZE, GRID, SS = 64, 8, 4  # image side, code grid side, supersampling factor for antialiasing
-CELL = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")
 
 
 @dataclass(frozen=True)
@@ -97,7 +95,7 @@ def parse_scene(prompt: str, rng: np.random.Generator) -> tuple[tuple[Shape, ...
     shapes = []
     for (color, kind), cell in zip(wanted[:3], cells, strict=False):
         color = color or list(COLORS)[int(rng.integers(len(COLORS)))]
-        cx, cy = (0.225, 0.5, 0.775)[cell % 3], (0.225, 0.5, 0.775)[cell // 3]
+        cx, cy = CELL_CENTERS[cell % 3], CELL_CENTERS[cell // 3]
         if len(wanted) == 1:
             cx, cy = 0.5 + rng.uniform(-0.08, 0.08), 0.5 + rng.uniform(-0.08, 0.08)
         r = float(rng.choice([0.13, 0.16, 0.19])) * (1.5 if len(wanted) == 1 else 1.0)
@@ -116,7 +114,7 @@ def describe(shapes: tuple[Shape, ...], background: str) -> str:
 
 def _cell(s: Shape) -> str:
     col, row = min(int(s.cx * 3), 2), min(int(s.cy * 3), 2)
-    return CELL[row * 3 + col].replace("center", "centre")
+    return POSITIONS[row][col].replace("center", "centre")
 
 
 def _rgb(image: np.ndarray) -> np.ndarray:
@@ -157,7 +155,8 @@ def _with_bias(x: np.ndarray) -> np.ndarray:
 class DemoEngine:
     model_id = "demo-shapes (no model)"
     provider = "CPU"
-    tasks = frozenset({"generate", "inpaint", "edit", "caption", "answer", "segment"})
+    tasks = frozenset({EngineTask.GENERATE, EngineTask.INPAINT, EngineTask.EDIT, EngineTask.CAPTION,
+                       EngineTask.ANSWER, EngineTask.SEGMENT})
     seg_class_names = ("background", *KINDS)
 
     def __init__(self, step_delay: float = 0.004) -> None:
@@ -173,9 +172,10 @@ class DemoEngine:
         return cls()
 
     # -- tasks -------------------------------------------------------------------------------------
-    def generate(self, prompt: str, *, n: int = 1, seed: int | None = None, cfg: float = 3.0,
-                 temperature: float = 1.0, top_p: float = 0.9, cdk_alpha: float | None = None,
-                 cdk_k: int | None = None, retrieve: int = 2) -> Job:
+    def generate(self, prompt: str, *, n: int = 1, seed: int | None = None, cfg: float | None = D.cfg,
+                 temperature: float = D.temperature, top_p: float = D.top_p,
+                 cdk_alpha: float | None = D.cdk_alpha, cdk_k: int | None = D.cdk_k,
+                 retrieve: int = D.retrieve) -> Job:
         if not prompt.strip():
             raise BadInputError("the prompt is empty")
         seed = int(np.random.default_rng().integers(2**31)) if seed is None else seed
@@ -186,13 +186,12 @@ class DemoEngine:
         return Job(lambda job: self._stream(job, "generate", scenes, docs, settings), "generate")
 
     def inpaint(self, image: np.ndarray, mask: np.ndarray, prompt: str = "", *, n: int = 1,
-                seed: int | None = None, cfg: float | None = 3.0, temperature: float = 1.0,
-                top_p: float = 0.9) -> Job:
-        """Like the engine: the result has the original's size and every unmasked pixel unchanged."""
+                seed: int | None = None, cfg: float | None = D.cfg, temperature: float = D.temperature,
+                top_p: float = D.top_p) -> Job:
+        """Composited by the engine's own compositor: the original's size, every unmasked pixel unchanged."""
         base = _rgb(image)
-        mask = np.asarray(mask).astype(bool)
-        if mask.shape != base.shape[:2] or not mask.any():
-            raise BadInputError("the mask must match the image and cover at least one pixel")
+        alpha = pixel_mask(mask, base.shape[:2])
+        mask = alpha > 0
         seed = int(np.random.default_rng().integers(2**31)) if seed is None else seed
         ys, xs = np.nonzero(mask)
         cx, cy = (xs.mean() + 0.5) / mask.shape[1], (ys.mean() + 0.5) / mask.shape[0]
@@ -205,17 +204,11 @@ class DemoEngine:
             new, bg = parse_scene(prompt, np.random.default_rng(seed + i))
             scenes.append((kept + (replace(new[0], cx=cx, cy=cy, r=r),), known[1] if known else bg))
         settings = {"seed": seed, "n": n, "cfg": cfg, "temperature": temperature, "top_p": top_p}
-
-        def composite(image: np.ndarray) -> np.ndarray:
-            from PIL import Image
-
-            big = np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BICUBIC))
-            return np.where(mask[..., None], big, base)
-
+        composite = compositor(base, alpha)
         return Job(lambda job: self._stream(job, "inpaint", scenes, (), settings, composite), "inpaint")
 
     def edit(self, image: np.ndarray, instruction: str, *, n: int = 1, seed: int | None = None,
-             cfg: float | None = 3.0, temperature: float = 1.0, top_p: float = 0.9) -> Job:
+             cfg: float | None = D.cfg, temperature: float = D.temperature, top_p: float = D.top_p) -> Job:
         base = _rgb(image)
         if not instruction.strip():
             raise BadInputError("the instruction is empty")
@@ -271,6 +264,15 @@ class DemoEngine:
         result = Candidate(segmentation=grid.astype(np.int64))
         return Job(lambda job: self._text(job, "segment", result), "segment")
 
+    def ground(self, prompt: str, boxes, *, n: int = 1, seed: int | None = None, cfg: float | None = D.cfg,
+               temperature: float = D.temperature, top_p: float = D.top_p) -> Job:
+        raise _unsupported(EngineTask.GROUND)
+
+    def from_layout(self, layout, prompt: str = "", *, n: int = 1, seed: int | None = None,
+                    cfg: float | None = D.cfg, temperature: float = D.temperature,
+                    top_p: float = D.top_p) -> Job:
+        raise _unsupported(EngineTask.LAYOUT)
+
     # -- helpers -----------------------------------------------------------------------------------
     def describe_image(self, rgb: np.ndarray) -> str:
         known = self._scenes.get(np.ascontiguousarray(rgb).tobytes())
@@ -303,8 +305,9 @@ class DemoEngine:
         return tuple(docs[:k])
 
     def _stream(self, job: Job, task: str, scenes, docs, settings: dict, composite=None):
-        """Decode steps over the 8x8 code grid: Progress every step, a PartialImage per finished row."""
-        composite = composite or (lambda image: image)
+        """Decode steps over the 8x8 code grid: Progress every step, a PartialImage per finished row.
+        composite: model-size images (N, S, S, 3) -> final images (engine.tasks.compositor)."""
+        composite = composite or (lambda images: images)
         if docs:
             yield Retrieved(job.id, docs)
         finals = []
@@ -324,11 +327,11 @@ class DemoEngine:
                 for i, final in enumerate(finals):
                     partial = final.copy()
                     partial[rows * (SIZE // GRID) :] = 128
-                    yield PartialImage(job.id, i, rows, GRID, composite(partial))
+                    yield PartialImage(job.id, i, rows, GRID, composite(partial[None])[0])
         rng = np.random.default_rng(settings.get("seed", 0))
         scores = np.sort(rng.uniform(0.2, 0.35, len(finals)))[::-1]
-        cands = tuple(Candidate(image=composite(f), score=float(s))
-                      for f, s in zip(finals, scores, strict=True))
+        cands = tuple(Candidate(image=im, score=float(s))
+                      for im, s in zip(composite(np.stack(finals)), scores, strict=True))
         yield Finished(job.id, task, cands, settings, time.perf_counter() - start)
 
     def _text(self, job: Job, task: str, candidate: Candidate):
@@ -344,3 +347,7 @@ class DemoEngine:
         if len(self._scenes) > 512:
             self._scenes.pop(next(iter(self._scenes)))
         self._scenes[image.tobytes()] = (tuple(shapes), bg, classes)
+
+
+def _unsupported(task: EngineTask) -> UnsupportedTaskError:
+    return UnsupportedTaskError(f"the demo engine does no {TASKS[task].description} ({task}): open a model")

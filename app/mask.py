@@ -133,15 +133,3 @@ def feather(alpha: np.ndarray, radius: int) -> np.ndarray:
         return alpha.astype(np.float32)
     soft = box_blur(box_blur(alpha, max(radius // 2, 1)), max(radius - radius // 2, 1))
     return (alpha * np.clip(soft, 0.0, 1.0)).astype(np.float32)
-
-
-def composite(original: np.ndarray, result: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """Blend `result` over `original` where alpha > 0; every other pixel is copied bit for bit."""
-    if original.shape != result.shape:
-        raise ValueError(f"result {result.shape} does not match the original {original.shape}")
-    out = original.copy()
-    where = alpha > 0
-    a = alpha[where][:, None]
-    blended = original[where].astype(np.float32) * (1.0 - a) + result[where].astype(np.float32) * a
-    out[where] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
-    return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import asdict, replace
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QKeyEvent
@@ -29,27 +30,39 @@ from PySide6.QtWidgets import (
 
 from app import theme
 from app.qtfix import Signal
+from engine.settings import DEFAULTS
+from engine.task_table import TASKS, EngineTask
 
-# UI task -> (button text, icon, prompt placeholder, whether the task reads the prompt)
-TASKS = {
-    "generate": ("Generate", "generate", "Describe the image, e.g. “a red circle and a blue star”", True),
-    "inpaint": ("Inpaint", "inpaint", "What to paint inside the mask, e.g. “a yellow heart”", True),
-    "edit": ("Edit", "edit", "An instruction, e.g. “make the circle blue”", True),
-    "caption": ("Caption", "caption", "Caption needs no prompt: it describes the canvas", False),
-    "segment": ("Segment", "segment", "Segment needs no prompt: it labels the shapes on the canvas", False),
-    "answer": ("Ask", "ask", "A question about the canvas, e.g. “what colour is the star?”", True),
+# The prompt panel's tasks (layout and regions are the Compose panel's): icon and prompt placeholder.
+# Their labels and whether they read the prompt are the engine's (engine/task_table.py).
+T = EngineTask
+PANEL_TASKS: dict[EngineTask, tuple[str, str]] = {
+    T.GENERATE: ("generate", "Describe the image, e.g. “a red circle and a blue star”"),
+    T.INPAINT: ("inpaint", "What to paint inside the mask, e.g. “a yellow heart”"),
+    T.EDIT: ("edit", "An instruction, e.g. “make the circle blue”"),
+    T.CAPTION: ("caption", "Caption needs no prompt: it describes the canvas"),
+    T.SEGMENT: ("segment", "Segment needs no prompt: it labels the shapes on the canvas"),
+    T.ANSWER: ("ask", "A question about the canvas, e.g. “what colour is the star?”"),
 }
 SEED_MODES = ("random", "fixed", "increment")
 MAX_SEED = 2**31 - 1
+CDK_ON = {"cdk_alpha": 0.1, "cdk_k": 8}  # CD-K's values when it is switched on (the Crisp preset's)
+RETRIEVE_ON = 2  # documents retrieved when retrieval is switched on
+
+
+def _preset(**changes) -> dict:
+    """The engine's defaults (engine/settings.py) with some changed, in the engine's names; the number
+    of candidates is no part of a preset."""
+    values = asdict(replace(DEFAULTS, **changes))
+    del values["candidates"]
+    return values
+
+
 BUILTIN_PRESETS: dict[str, dict] = {
-    "Balanced": dict(cfg=3.0, temperature=1.0, top_p=0.9, cdk=False, cdk_alpha=0.1, cdk_k=8, retrieval=True,
-                     retrieve_k=2),
-    "Faithful": dict(cfg=6.0, temperature=0.7, top_p=0.8, cdk=False, cdk_alpha=0.1, cdk_k=8, retrieval=True,
-                     retrieve_k=2),
-    "Creative": dict(cfg=2.0, temperature=1.2, top_p=0.95, cdk=False, cdk_alpha=0.1, cdk_k=8, retrieval=False,
-                     retrieve_k=2),
-    "Crisp (CD-K)": dict(cfg=3.0, temperature=1.0, top_p=1.0, cdk=True, cdk_alpha=0.1, cdk_k=8,
-                         retrieval=True, retrieve_k=2),
+    "Balanced": _preset(),
+    "Faithful": _preset(cfg=6.0, temperature=0.7, top_p=0.8),
+    "Creative": _preset(cfg=2.0, temperature=1.2, top_p=0.95),
+    "Crisp (CD-K)": _preset(top_p=1.0, **CDK_ON),
 }
 
 
@@ -74,14 +87,14 @@ class PromptPanel(QWidget):
     def __init__(self, user_presets: dict[str, dict] | None = None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.user_presets: dict[str, dict] = dict(user_presets or {})
-        self._task = "generate"
+        self._task = EngineTask.GENERATE
 
         self.task_group = QButtonGroup(self)
         self.task_group.setExclusive(True)
         tasks = QGridLayout()
         tasks.setSpacing(4)
-        for i, (name, (text, icon_name, _, _)) in enumerate(TASKS.items()):
-            button = QToolButton(text=text, checkable=True, objectName="taskButton")
+        for i, (name, (icon_name, _)) in enumerate(PANEL_TASKS.items()):
+            button = QToolButton(text=TASKS[name].label, checkable=True, objectName="taskButton")
             theme.set_icon(button, icon_name)
             button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
             button.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
@@ -149,7 +162,7 @@ class PromptPanel(QWidget):
         row.addWidget(dice)
         form.addRow("Seed", row)
 
-        self.candidates = QSpinBox(minimum=1, maximum=8, value=2,
+        self.candidates = QSpinBox(minimum=1, maximum=8, value=DEFAULTS.candidates,
                                    toolTip="Images generated together as one batch, best first")
         form.addRow("Candidates", self.candidates)
         self.cfg = _dspin(0.0, 15.0, 0.5, 1, "Classifier-free guidance: higher follows the prompt closer")
@@ -162,6 +175,8 @@ class PromptPanel(QWidget):
         self.cdk = QCheckBox("CD-K", toolTip="Contrastive decoding top-k (CM3Leon §3.1)")
         self.cdk_alpha = _dspin(0.0, 1.0, 0.05, 2, "α: keep tokens at least α times the k-th most likely one")
         self.cdk_k = QSpinBox(minimum=1, maximum=256, toolTip="k of contrastive top-k")
+        self.cdk_alpha.setValue(CDK_ON["cdk_alpha"])
+        self.cdk_k.setValue(CDK_ON["cdk_k"])
         self.cdk.toggled.connect(self._sync_enabled)
         row = QHBoxLayout()
         row.addWidget(self.cdk)
@@ -173,7 +188,8 @@ class PromptPanel(QWidget):
 
         self.retrieval = QCheckBox("On", toolTip="Retrieve related documents (the model's memory and "
                                                  "your library) as context")
-        self.retrieve_k = QSpinBox(minimum=1, maximum=8, toolTip="How many documents to retrieve")
+        self.retrieve_k = QSpinBox(minimum=1, maximum=8, value=RETRIEVE_ON,
+                                   toolTip="How many documents to retrieve")
         self.retrieval.toggled.connect(self._sync_enabled)
         row = QHBoxLayout()
         row.addWidget(self.retrieval)
@@ -188,7 +204,7 @@ class PromptPanel(QWidget):
         self.retrieve_k.setEnabled(self.retrieval.isChecked())
 
     # -- tasks -------------------------------------------------------------------------------------
-    def task(self) -> str:
+    def task(self) -> EngineTask:
         return self._task
 
     def set_task(self, task: str) -> None:
@@ -206,11 +222,11 @@ class PromptPanel(QWidget):
     def _on_task_button(self, button: QAbstractButton, checked: bool) -> None:
         if not checked:
             return
-        self._task = button.property("task")
-        text, _, placeholder, uses_prompt = TASKS[self._task]
-        self.prompt.setPlaceholderText(placeholder)
-        self.prompt.setEnabled(uses_prompt)
-        self.run_button.setText(f"{text}   Ctrl+↵")
+        self._task = EngineTask(button.property("task"))
+        spec = TASKS[self._task]
+        self.prompt.setPlaceholderText(PANEL_TASKS[self._task][1])
+        self.prompt.setEnabled(spec.prompt != "none")
+        self.run_button.setText(f"{spec.label}   Ctrl+↵")
         self.task_changed.emit(self._task)
 
     # -- values ------------------------------------------------------------------------------------
@@ -251,9 +267,8 @@ class PromptPanel(QWidget):
 
     # -- presets -----------------------------------------------------------------------------------
     def preset_values(self) -> dict:
-        return dict(cfg=self.cfg.value(), temperature=self.temperature.value(), top_p=self.top_p.value(),
-                    cdk=self.cdk.isChecked(), cdk_alpha=self.cdk_alpha.value(), cdk_k=self.cdk_k.value(),
-                    retrieval=self.retrieval.isChecked(), retrieve_k=self.retrieve_k.value())
+        """The sampling settings in the engine's names (engine/settings.GenerationSettings)."""
+        return {k: v for k, v in self.sampling().items() if k != "n"}
 
     def apply_preset(self, name: str) -> None:
         values = {**BUILTIN_PRESETS["Balanced"], **BUILTIN_PRESETS.get(name, self.user_presets.get(name, {}))}
@@ -261,14 +276,22 @@ class PromptPanel(QWidget):
         self.preset.setCurrentText(name)
 
     def set_values(self, values: dict) -> None:
-        self.cfg.setValue(float(values.get("cfg", self.cfg.value())))
-        self.temperature.setValue(float(values.get("temperature", self.temperature.value())))
-        self.top_p.setValue(float(values.get("top_p", self.top_p.value())))
-        self.cdk.setChecked(bool(values.get("cdk", self.cdk.isChecked())))
-        self.cdk_alpha.setValue(float(values.get("cdk_alpha", self.cdk_alpha.value())))
-        self.cdk_k.setValue(int(values.get("cdk_k", self.cdk_k.value())))
-        self.retrieval.setChecked(bool(values.get("retrieval", self.retrieval.isChecked())))
-        self.retrieve_k.setValue(int(values.get("retrieve_k", self.retrieve_k.value())))
+        """Settings in the engine's names; a missing (or None) one leaves its widget. cdk_alpha None is
+        CD-K off and retrieve 0 retrieval off (their spin boxes keep the values to switch back on to)."""
+        for key, spin in (("cfg", self.cfg), ("temperature", self.temperature), ("top_p", self.top_p)):
+            if values.get(key) is not None:
+                spin.setValue(float(values[key]))
+        if "cdk_alpha" in values:
+            on = values["cdk_alpha"] is not None and values.get("cdk_k") is not None
+            self.cdk.setChecked(on)
+            if on:
+                self.cdk_alpha.setValue(float(values["cdk_alpha"]))
+                self.cdk_k.setValue(int(values["cdk_k"]))
+        if "retrieve" in values:
+            k = int(values["retrieve"] or 0)
+            self.retrieval.setChecked(k > 0)
+            if k:
+                self.retrieve_k.setValue(k)
         if "n" in values:
             self.candidates.setValue(int(values["n"]))
         self._sync_enabled()
@@ -298,17 +321,7 @@ class PromptPanel(QWidget):
         self.set_prompt(prompt)
         if seed is not None:
             self.set_seed(seed, "fixed")
-        values = dict(settings)
-        if "cdk_alpha" in values:
-            values["cdk"] = values["cdk_alpha"] is not None
-            if values["cdk_alpha"] is None:
-                values.pop("cdk_alpha")
-                values.pop("cdk_k", None)
-        if "retrieve" in values:
-            values["retrieval"] = bool(values["retrieve"])
-            if values["retrieve"]:
-                values["retrieve_k"] = values["retrieve"]
-        self.set_values({k: v for k, v in values.items() if v is not None})
+        self.set_values(settings)
 
     def state(self) -> dict:
         return {"task": self._task, "prompt": self.prompt.toPlainText(), "seed": self.seed.value(),

@@ -42,7 +42,7 @@ from app.insight_panel import InsightPanel
 from app.layers_panel import LayersPanel
 from app.layout_tool import LayoutLayer
 from app.panels import CandidatesStrip, QueuePanel, RetrievalPanel
-from app.prompt_panel import TASKS, PromptPanel
+from app.prompt_panel import PANEL_TASKS, PromptPanel
 from app.regions import Regions
 from app.session import Session
 from app.settings import StudioSettings
@@ -50,6 +50,7 @@ from app.worker import JobQueue
 from engine.errors import TesseraError
 from engine.imageio import load_image
 from engine.jobs import JobState
+from engine.task_table import EngineTask
 
 log = logging.getLogger(__name__)
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff)"
@@ -353,15 +354,16 @@ class MainWindow(QMainWindow):
         self.engine_info = info
         self.model_label.setText(self._model_text(info))
         self.model_label.setToolTip(f"Model {info['model_id']}, {info['provider']} execution provider")
-        known = {t for t in info["tasks"] if t in TASKS}
+        known = {t for t in info["tasks"] if t in PANEL_TASKS}
         self.prompt.set_available_tasks(known or None)
         self.compose.set_available(set(info["tasks"]) or None)
         if info["seg_class_names"]:
             self.compose.set_class_names(tuple(info["seg_class_names"]))
-        for key, task in (("caption", "caption"), ("segment", "segment"), ("ask", "answer")):
+        for key, task in (("caption", EngineTask.CAPTION), ("segment", EngineTask.SEGMENT),
+                          ("ask", EngineTask.ANSWER)):
             self.act[key].setEnabled(not known or task in known)  # untrained tasks: greyed out
-        self.insight.describe.setEnabled(not known or "caption" in known)
-        self.insight.question.setEnabled(not known or "answer" in known)
+        self.insight.describe.setEnabled(not known or EngineTask.CAPTION in known)
+        self.insight.question.setEnabled(not known or EngineTask.ANSWER in known)
         self.statusBar().showMessage(f"Model ready: {info['model_id']} ({info['provider']})", 5000)
 
     @staticmethod

@@ -33,6 +33,7 @@ from engine.jobs import Job
 from engine.layout import check_box, layout_cells
 from engine.sampling import MAX_CFG_SCALE, Argmax, guided_sampler
 from engine.settings import DEFAULTS
+from engine.task_table import PRETRAINED_TASKS, TASKS, EngineTask, enabled_tasks
 from engine.tasks import (
     Request,
     Retrieval,
@@ -49,29 +50,6 @@ from engine.tasks import (
 )
 from engine.text_tokenizer import TextTokenizer
 
-# Engine task -> the training tasks (engine/instructions.Task values) any of which enables it.
-TASKS: dict[str, tuple[str, ...]] = {
-    "generate": ("t2i",),
-    "caption": ("caption", "caption_infill"),
-    "answer": ("vqa",),
-    "inpaint": ("infill",),
-    "edit": ("edit",),
-    "segment": ("segment",),
-    "ground": ("grounded",),
-    "layout": ("seg2img",),
-}
-TASK_NAMES = {
-    "generate": "text-to-image generation",
-    "caption": "captioning",
-    "answer": "answering questions about images",
-    "inpaint": "inpainting",
-    "edit": "instruction editing",
-    "segment": "segmentation",
-    "ground": "generation from boxes",
-    "layout": "generation from a segmentation layout",
-}
-# What CM3 pretraining on caption-image documents teaches, for bundles whose config lists no tasks.
-PRETRAINED_TASKS = ("t2i", "caption_infill")
 MAX_CANDIDATES = 16
 MAX_RETRIEVED = 8
 ANSWER_TOKENS = 16
@@ -88,7 +66,7 @@ class Engine:
         config = bundle.config
         self.trained_tasks = frozenset(config.get("tasks") or PRETRAINED_TASKS)
         self.chat_prompt = ChatPrompt.from_config(config)  # an imported chat model's prompt format
-        self.tasks = frozenset(t for t, needs in TASKS.items() if self.trained_tasks.intersection(needs))
+        self.tasks: frozenset[EngineTask] = enabled_tasks(self.trained_tasks)
         default_names = ["background", *(f"class {i}" for i in range(1, self.vocab.seg_size))]
         self.seg_class_names: tuple[str, ...] = tuple(config.get("seg_classes") or default_names)
         name = config.get("name") or bundle.root.name
@@ -185,7 +163,7 @@ class Engine:
                  retrieve: int = DEFAULTS.retrieve) -> Job:
         """Text -> n candidate images in one batch, best first (retriever score). The guidance stream
         is the prompt with its text replaced by <mask:0>. seed None = a random one, reported."""
-        self._require("generate")
+        self._require(EngineTask.GENERATE)
         text = clean_text(prompt, "prompt")
         if self.chat_prompt is not None:  # an imported model: its own template and guidance stream
             cond, uncond = self.chat_prompt.image_prompts(self.vocab, self.text_tokenizer, text)
@@ -196,15 +174,15 @@ class Engine:
         k = check_count(retrieve, "retrieve", 0, MAX_RETRIEVED)
         sampler, guided, settings = self._image_sampler(seed, n, cfg, temperature, top_p, cdk_alpha, cdk_k)
         settings.update(prompt=text, retrieve=k)
-        request = Request("generate", "image", cond, uncond if guided else None, sampler, settings,
+        request = Request(EngineTask.GENERATE, "image", cond, uncond if guided else None, sampler, settings,
                           n=settings["n"], retrieval=Retrieval(k, text=text), rerank_text=text)
-        return Job(run(self, request), "generate")
+        return Job(run(self, request), EngineTask.GENERATE)
 
     def ground(self, prompt: str, boxes: Sequence[tuple[str, Sequence[int]]], *, n: int = 1,
-               seed: int | None = None, cfg: float | None = 3.0, temperature: float = 1.0,
-               top_p: float = 0.9) -> Job:
+               seed: int | None = None, cfg: float | None = DEFAULTS.cfg,
+               temperature: float = DEFAULTS.temperature, top_p: float = DEFAULTS.top_p) -> Job:
         """Text plus labelled boxes [(label, (x0, y0, x1, y1)) on the 0-255 grid] -> images."""
-        self._require("ground")
+        self._require(EngineTask.GROUND)
         text = clean_text(prompt, "prompt")
         checked = [check_box(clean_text(label, "box label"), box) for label, box in boxes]
         cond = instructions.prompt("grounded", self.vocab, self.text_tokenizer, text=text, boxes=checked)
@@ -212,16 +190,17 @@ class Engine:
         sampler, guided, settings = self._image_sampler(seed, n, cfg, temperature, top_p, None, None)
         settings.update(prompt=text, boxes=[[label, list(box)] for label, box in checked])
         uncond = unconditional_image_prompt(self.vocab) if guided else None
-        request = Request("ground", "image", cond, uncond, sampler, settings, n=settings["n"],
+        request = Request(EngineTask.GROUND, "image", cond, uncond, sampler, settings, n=settings["n"],
                           rerank_text=text)
-        return Job(run(self, request), "ground")
+        return Job(run(self, request), EngineTask.GROUND)
 
     def from_layout(self, layout, prompt: str = "", *, n: int = 1, seed: int | None = None,
-                    cfg: float | None = 3.0, temperature: float = 1.0, top_p: float = 0.9) -> Job:
+                    cfg: float | None = DEFAULTS.cfg, temperature: float = DEFAULTS.temperature,
+                    top_p: float = DEFAULTS.top_p) -> Job:
         """A segmentation layout (class ids, the model's grid or any larger map: engine/layout.py),
         optionally with a caption -> images that follow it. Guidance (with a prompt only) contrasts
         the prompt with the same layout whose caption is <mask:0>."""
-        self._require("layout")
+        self._require(EngineTask.LAYOUT)
         text = clean_text(prompt, "prompt", allow_empty=True) or None
         grid = layout_cells(layout, self.vocab.image_grid, self.vocab.seg_size)
         seg = self.vocab.seg_ids(grid.reshape(-1))
@@ -232,48 +211,51 @@ class Engine:
         settings.update(prompt=text or "", layout=grid.tolist())
         bare = build("seg2img", self.vocab, self.text_tokenizer, seg_ids=seg)  # ends "S <break>"
         uncond = np.concatenate([bare, [self.vocab.mask(0), self.vocab.brk]]) if guided else None
-        request = Request("layout", "image", cond, uncond, sampler, settings, n=settings["n"],
+        request = Request(EngineTask.LAYOUT, "image", cond, uncond, sampler, settings, n=settings["n"],
                           rerank_text=text)
-        return Job(run(self, request), "layout")
+        return Job(run(self, request), EngineTask.LAYOUT)
 
     def caption(self, image, *, temperature: float | None = None, seed: int | None = None,
                 retrieve: int = 0) -> Job:
         """Image -> caption; greedy unless a temperature is given."""
-        self._require("caption")
+        self._require(EngineTask.CAPTION)
         pixels, ids = self._image(image)
         task = "caption" if "caption" in self.trained_tasks else "caption_infill"
         cond = instructions.prompt(task, self.vocab, self.text_tokenizer, image_ids=ids)
         k = check_count(retrieve, "retrieve", 0, MAX_RETRIEVED)
         sampler, settings = text_sampler(temperature, seed)
         settings["retrieve"] = k
-        request = Request("caption", "text", cond, None, sampler, settings,
+        request = Request(EngineTask.CAPTION, "text", cond, None, sampler, settings,
                           retrieval=Retrieval(k, image=pixels))
-        return Job(run(self, request), "caption")
+        return Job(run(self, request), EngineTask.CAPTION)
 
     def answer(self, image, question: str, *, temperature: float | None = None,
                seed: int | None = None) -> Job:
         """Image + question -> a short answer; greedy unless a temperature is given."""
-        self._require("answer")
+        self._require(EngineTask.ANSWER)
         question = clean_text(question, "question")
         _, ids = self._image(image)
         cond = instructions.prompt("vqa", self.vocab, self.text_tokenizer, image_ids=ids, text=question)
         cond = self._fits(cond, "question", reserve=ANSWER_TOKENS)
         sampler, settings = text_sampler(temperature, seed)
         settings["prompt"] = question
-        request = Request("answer", "text", cond, None, sampler, settings, max_text_tokens=ANSWER_TOKENS)
-        return Job(run(self, request), "answer")
+        request = Request(EngineTask.ANSWER, "text", cond, None, sampler, settings,
+                          max_text_tokens=ANSWER_TOKENS)
+        return Job(run(self, request), EngineTask.ANSWER)
 
     def segment(self, image) -> Job:
         """Image -> class grid (h, w) of indices into `seg_class_names`; greedy."""
-        self._require("segment")
+        self._require(EngineTask.SEGMENT)
         _, ids = self._image(image)
         cond = instructions.prompt("segment", self.vocab, self.text_tokenizer, image_ids=ids)
-        return Job(run(self, Request("segment", "seg", cond, None, Argmax(), {"greedy": True})), "segment")
+        request = Request(EngineTask.SEGMENT, "seg", cond, None, Argmax(), {"greedy": True})
+        return Job(run(self, request), EngineTask.SEGMENT)
 
-    def edit(self, image, instruction: str, *, n: int = 1, seed: int | None = None, cfg: float | None = 3.0,
-             temperature: float = 1.0, top_p: float = 0.9) -> Job:
+    def edit(self, image, instruction: str, *, n: int = 1, seed: int | None = None,
+             cfg: float | None = DEFAULTS.cfg, temperature: float = DEFAULTS.temperature,
+             top_p: float = DEFAULTS.top_p) -> Job:
         """Image + instruction -> edited image(s). The guidance stream has the instruction as <mask:0>."""
-        self._require("edit")
+        self._require(EngineTask.EDIT)
         instruction = clean_text(instruction, "instruction")
         _, ids = self._image(image)
         cond = instructions.prompt("edit", self.vocab, self.text_tokenizer, image_ids=ids, text=instruction)
@@ -283,21 +265,23 @@ class Engine:
         # the prompt ends "... <break> instruction <break>": swap the instruction for <mask:0>
         n_instr = len(self.text_tokenizer.encode(instruction))
         uncond = np.concatenate([cond[: len(cond) - n_instr - 1], [self.vocab.mask(0), self.vocab.brk]])
-        request = Request("edit", "image", cond, uncond if guided else None, sampler, settings,
+        request = Request(EngineTask.EDIT, "image", cond, uncond if guided else None, sampler, settings,
                           n=settings["n"])
-        return Job(run(self, request), "edit")
+        return Job(run(self, request), EngineTask.EDIT)
 
     def inpaint(self, image, mask, prompt: str = "", *, n: int = 1, seed: int | None = None,
-                cfg: float | None = 3.0, temperature: float = 1.0, top_p: float = 0.9) -> Job:
-        """Regenerate the masked pixels (mask (H, W): True / white = regenerate), optionally following
-        a prompt. Known grid cells are forced while decoding and the result is composited in pixel
-        space at the input's size: every pixel outside the mask comes back unchanged, bit for bit.
+                cfg: float | None = DEFAULTS.cfg, temperature: float = DEFAULTS.temperature,
+                top_p: float = DEFAULTS.top_p) -> Job:
+        """Regenerate the masked pixels (mask (H, W): True / white = regenerate, or float coverage in
+        [0, 1] that the result is blended by: engine.tasks.pixel_mask), optionally following a prompt.
+        Known grid cells are forced while decoding and the result is composited in pixel space at the
+        input's size: every pixel outside the mask comes back unchanged, bit for bit.
         Guidance (with a prompt only) contrasts the prompt with the same request without it."""
-        self._require("inpaint")
+        self._require(EngineTask.INPAINT)
         hint = clean_text(prompt, "prompt", allow_empty=True) or None
         pixels, ids = self._image(image)
-        region_px = pixel_mask(mask, pixels.shape[:2])
-        region = mask_cells(region_px, self.vocab.image_grid)
+        alpha = pixel_mask(mask, pixels.shape[:2])
+        region = mask_cells(alpha > 0, self.vocab.image_grid)
         build = instructions.prompt
         cond = build("infill", self.vocab, self.text_tokenizer, image_ids=ids, text=hint, region=region)
         cond = self._fits(cond, "prompt")
@@ -305,18 +289,18 @@ class Engine:
         sampler, guided, settings = self._image_sampler(seed, n, cfg, temperature, top_p, None, None)
         settings.update(prompt=hint or "", masked_cells=int(region.sum()))
         uncond = build("infill", self.vocab, self.text_tokenizer, image_ids=ids, region=region)
-        request = Request("inpaint", "image", cond, uncond if guided else None, sampler, settings,
-                          n=settings["n"], rerank_text=hint, composite=compositor(pixels, region_px),
+        request = Request(EngineTask.INPAINT, "image", cond, uncond if guided else None, sampler, settings,
+                          n=settings["n"], rerank_text=hint, composite=compositor(pixels, alpha),
                           forced=instructions.infill_forced_ids(self.vocab, ids, region))
-        return Job(run(self, request), "inpaint")
+        return Job(run(self, request), EngineTask.INPAINT)
 
     # -- input checks ---------------------------------------------------------------------------------
-    def _require(self, task: str) -> None:
+    def _require(self, task: EngineTask) -> None:
         if task not in self.tasks:
             known = ", ".join(sorted(self.tasks)) or "nothing"
             why = self.bundle.config.get("unsupported", {}).get(task)  # an imported model says why
             raise UnsupportedTaskError(
-                f"this model was not trained for {TASK_NAMES[task]} ({task}"
+                f"this model was not trained for {TASKS[task].description} ({task}"
                 + (f": {why}" if why else "") + f"); {self.model_id} can do: {known}"
             )
 

@@ -267,7 +267,10 @@ def resize(image: np.ndarray, h: int, w: int) -> np.ndarray:
 
 
 def pixel_mask(mask, shape: tuple[int, int]) -> np.ndarray:
-    """A mask (path, or bool/uint8 (H, W[, C]); white, True or nonzero = regenerate) -> bool (H, W)."""
+    """A mask (a path, or (H, W[, C]) pixels) -> float32 coverage (H, W) in [0, 1]; > 0 is regenerated.
+
+    A file, a bool or a uint8 mask is hard (white / True / > 127 = 1); a float mask is coverage (the
+    studio's feathered brush), by which the result is blended over the original (`compositor`)."""
     if isinstance(mask, (str, Path)):
         from engine.imageio import load_image
 
@@ -282,10 +285,15 @@ def pixel_mask(mask, shape: tuple[int, int]) -> np.ndarray:
             f"the mask is {arr.shape[1]}x{arr.shape[0]} pixels but the image is {shape[1]}x{shape[0]}; "
             "they must be the same size"
         )
-    region = arr > 127 if arr.dtype == np.uint8 else arr.astype(bool)
-    if not region.any():
+    if np.issubdtype(arr.dtype, np.floating):
+        if not (np.isfinite(arr).all() and arr.min() >= 0 and arr.max() <= 1):
+            raise BadInputError("a float mask is coverage: every value must be in [0, 1]")
+        alpha = arr.astype(np.float32)
+    else:
+        alpha = (arr > 127 if arr.dtype == np.uint8 else arr.astype(bool)).astype(np.float32)
+    if not (alpha > 0).any():
         raise BadInputError("the mask is empty: mark the region to regenerate")
-    return region
+    return alpha
 
 
 def mask_cells(region_px: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
@@ -298,12 +306,19 @@ def mask_cells(region_px: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     return counts > 0
 
 
-def compositor(original: np.ndarray, region_px: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-    """Model-size images (N, S, S, 3) -> the original's size: masked pixels from them, others original."""
+def compositor(original: np.ndarray, alpha: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """Model-size images (N, S, S, 3) -> the original's size, blended over it by alpha (H, W) in [0, 1]
+    (`pixel_mask`): a pixel with alpha 0 is the original's bit for bit, one with alpha 1 the model's.
+    The one place inpainting is composited: the CLI, the studio and the demo engine get its result."""
     h, w = original.shape[:2]
+    where = alpha > 0
+    a = alpha[where][:, None].astype(np.float32)
+    kept = original[where].astype(np.float32) * (1.0 - a)
 
     def composite(images: np.ndarray) -> np.ndarray:
-        images = np.stack([resize(im, h, w) for im in images])
-        return np.where(region_px[None, :, :, None], images, original[None])
+        out = np.repeat(original[None], len(images), axis=0)
+        for im, o in zip(images, out, strict=True):
+            o[where] = np.clip(np.rint(kept + resize(im, h, w)[where].astype(np.float32) * a), 0, 255)
+        return out
 
     return composite

@@ -342,6 +342,23 @@ def test_inpaint_leaves_pixels_outside_the_mask_bit_identical(engine, size):
         assert np.array_equal(preview.image[~mask], image[~mask])
 
 
+def test_inpaint_blends_by_a_soft_mask_once(engine):
+    """A float mask is coverage (the studio's feathered brush): the engine's result is the only
+    composite, hard inside, the original outside, a blend on the feathered edge."""
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    alpha = np.zeros((16, 16), np.float32)
+    alpha[4:12, 4:12] = 0.5
+    alpha[6:10, 6:10] = 1.0
+    hard = engine.inpaint(image, alpha > 0, seed=3).result().candidates[0].image
+    soft = engine.inpaint(image, alpha, seed=3).result().candidates[0].image
+    assert np.array_equal(soft[alpha == 0], image[alpha == 0])
+    assert np.array_equal(soft[alpha == 1], hard[alpha == 1])  # the same cells regenerated, same seed
+    edge = alpha == 0.5
+    expected = np.rint((image[edge].astype(np.float32) + hard[edge]) / 2)
+    assert np.abs(soft[edge] - expected).max() <= 1 and not np.array_equal(soft[edge], hard[edge])
+
+
 def test_inpaint_keeps_known_codes_and_decodes_only_the_hole(engine, picture):
     v = engine.vocab
     _, ids = engine._image(picture)

@@ -13,8 +13,10 @@ from studio_fakes import FakeEngine, noise
 
 from app import mask as M
 from app.imageutil import png_bytes
+from app.prompt_panel import PANEL_TASKS
 from app.window import MainWindow
 from engine.imageio import load_image
+from engine.task_table import TASKS, EngineTask
 from engine.tasks import to_rgb_array
 
 TIMEOUT = 20_000
@@ -53,6 +55,12 @@ def test_exported_mask_is_black_and_white(win, tmp_path):
     exported = load_image(tmp_path / "mask.png", size=None, alpha=True)[..., 0]
     assert set(np.unique(exported)) == {0, 255}
     assert np.array_equal(exported == 255, win.doc.engine_mask())  # exactly what inpainting regenerates
+
+
+def test_the_task_buttons_are_the_engines_tasks_with_its_labels(win):
+    shown = {b.property("task"): b.text() for b in win.prompt.task_group.buttons()}
+    assert shown == {str(t): TASKS[t].label for t in PANEL_TASKS}
+    assert TASKS[EngineTask.ANSWER].label == shown["answer"] == "Ask"  # a label, not a second name
 
 
 def test_a_rotated_jpeg_opens_upright_with_the_cli_size(win, tmp_path):

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from app import mask as M
+from engine.errors import BadInputError
+from engine.tasks import compositor, pixel_mask
 
 
 def test_hard_and_soft_brush_kernels():
@@ -88,24 +90,32 @@ def test_feather_softens_inwards_only():
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_composite_leaves_unmasked_pixels_bit_identical(seed):
+def test_the_engines_compositor_blends_a_feathered_brush_mask(seed):
+    """The studio's painted, feathered mask goes to the engine as coverage; the engine composites once:
+    unmasked pixels bit for bit, fully masked ones the model's, the feathered edge in between."""
     rng = np.random.default_rng(seed)
     h, w = rng.integers(16, 80, 2)
-    original = rng.integers(0, 256, (h, w, 4), dtype=np.uint8)
-    result = rng.integers(0, 256, (h, w, 4), dtype=np.uint8)
+    original = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    result = rng.integers(0, 256, (2, h, w, 3), dtype=np.uint8)  # already the original's size
     hi = np.zeros((h * 4, w * 4), np.uint8)
     for _ in range(3):
         M.stroke(hi, tuple(rng.uniform(0, w * 4, 2)), tuple(rng.uniform(0, w * 4, 2)),
                  M.brush_kernel(rng.uniform(3, 12), rng.uniform(0, 1)))
-    alpha = M.feather(M.to_alpha(hi, (h, w)), int(rng.integers(0, 5)))
-    out = M.composite(original, result, alpha)
-    outside = alpha == 0
+    alpha = pixel_mask(M.feather(M.to_alpha(hi, (h, w)), int(rng.integers(0, 5))), (h, w))
+    out = compositor(original, alpha)(result)
+    outside, full = alpha == 0, alpha == 1
     assert outside.any() and (~outside).any()
-    assert np.array_equal(out[outside], original[outside])  # bit for bit
-    full = alpha == 1
-    assert np.array_equal(out[full], result[full])
+    for candidate, model in zip(out, result, strict=True):
+        assert np.array_equal(candidate[outside], original[outside])  # bit for bit
+        assert np.array_equal(candidate[full], model[full])
+    edge = (alpha > 0) & (alpha < 1)
+    expected = np.rint(original[edge] * (1 - alpha[edge, None]) + result[0][edge] * alpha[edge, None])
+    assert np.abs(out[0][edge].astype(int) - expected).max() <= 1
 
 
-def test_composite_rejects_mismatched_sizes():
-    with pytest.raises(ValueError):
-        M.composite(np.zeros((4, 4, 4), np.uint8), np.zeros((8, 8, 4), np.uint8), np.ones((4, 4)))
+def test_a_float_mask_is_coverage_in_0_1():
+    with pytest.raises(BadInputError, match="coverage"):
+        pixel_mask(np.full((4, 4), 1.5, np.float32), (4, 4))
+    with pytest.raises(BadInputError, match="empty"):
+        pixel_mask(np.zeros((4, 4), np.float32), (4, 4))
+    assert pixel_mask(np.full((4, 4), 200, np.uint8), (4, 4)).max() == 1.0  # uint8 stays hard

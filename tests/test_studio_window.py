@@ -7,6 +7,7 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import threading
 import time
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from engine.errors import BundleError
 from engine.events import PartialImage
 from engine.imageio import load_image
 from engine.pngmeta import read_params
+from engine.settings import DEFAULTS
 
 TIMEOUT = 10_000
 
@@ -220,8 +222,11 @@ def test_ask_and_use_as_reference(qtbot, studio, tessera_home):
 
 def test_retrieved_documents_and_library_folder(qtbot, studio, tmp_path):
     win, _ = studio
+    assert win.prompt.sampling()["retrieve"] == 0  # off by default, like the engine
+    win.prompt.retrieval.setChecked(True)
+    win.prompt.retrieve_k.setValue(2)
     run_and_wait(qtbot, win, n=1)
-    assert win.retrieval.retrieved.count() == 2  # retrieve k = 2 by default
+    assert win.retrieval.retrieved.count() == 2
     assert win.retrieval.retrieved.item(0).icon().isNull() is False
     folder = tmp_path / "refs"
     folder.mkdir()
@@ -366,6 +371,18 @@ def test_seed_modes_and_ctrl_enter(qtbot, studio):
     qtbot.waitUntil(lambda: len(win.history.entries) == 1, timeout=TIMEOUT)
     assert engine.calls == [("generate", "a pink square")]  # exactly one run
     assert p.prompt_text() == "a pink square"  # and no newline was typed
+
+
+def test_the_balanced_preset_is_the_engines_defaults(studio):
+    win, _ = studio
+    p = win.prompt
+    assert p.preset.currentText() == "Balanced"
+    settings = p.sampling()
+    defaults = asdict(DEFAULTS)
+    assert settings.pop("n") == defaults.pop("candidates")
+    assert settings == defaults and settings["retrieve"] == 0 and settings["cdk_alpha"] is None
+    p.apply_preset("Crisp (CD-K)")
+    assert p.sampling()["cdk_alpha"] is not None and p.sampling()["retrieve"] == 0
 
 
 def test_presets_are_saved_with_the_settings(studio, tessera_home):

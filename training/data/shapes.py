@@ -18,36 +18,19 @@ from functools import lru_cache
 import numpy as np
 
 from engine.errors import BadInputError
+from engine.shapes_world import CELL_CENTERS, COLORS, KINDS, PLAIN_BACKGROUNDS, POSITIONS, SEG_CLASSES
 from training.data import shapes_render as R
 from training.data import shapes_text as T
 
-KINDS: tuple[str, ...] = ("circle", "square", "triangle", "star", "heart", "cross")
-COLORS: dict[str, tuple[int, int, int]] = {
-    "red": (215, 35, 35),
-    "orange": (245, 135, 20),
-    "yellow": (240, 205, 20),
-    "green": (35, 155, 55),
-    "cyan": (20, 190, 205),
-    "blue": (40, 75, 220),
-    "purple": (135, 50, 195),
-    "pink": (245, 110, 190),
-}
 _RGB = {name: np.asarray(rgb, np.float32) for name, rgb in COLORS.items()}
 SIZES: tuple[str, ...] = ("small", "medium", "large")
 SIZE_FRACTION = {"small": 0.21, "medium": 0.30, "large": 0.38}  # glyph diameter / image side
-POSITIONS: tuple[tuple[str, str, str], ...] = (
-    ("top left", "top", "top right"),
-    ("left", "center", "right"),
-    ("bottom left", "bottom", "bottom right"),
-)
-CELL_CENTERS = (0.225, 0.5, 0.775)  # inset so a large glyph in a corner cell stays inside the image
 MAX_JITTER_STEPS, JITTER_STEP = 5, 0.004  # centre jitter in [-0.02, 0.02] of the image side
-SEG_CLASSES: tuple[str, ...] = ("background", *KINDS)
 # Neutral backgrounds, far from every object colour. name -> (render spec, caption words)
 BACKGROUNDS: dict[str, tuple[tuple, tuple[str, ...]]] = {
-    "light grey": (("plain", (222, 222, 222)), ("light grey", "pale grey", "light gray")),
-    "cream": (("plain", (241, 233, 214)), ("cream", "off-white")),
-    "dark grey": (("plain", (62, 64, 70)), ("dark grey", "charcoal", "dark gray")),
+    "light grey": (("plain", PLAIN_BACKGROUNDS["light grey"]), ("light grey", "pale grey", "light gray")),
+    "cream": (("plain", PLAIN_BACKGROUNDS["cream"]), ("cream", "off-white")),
+    "dark grey": (("plain", PLAIN_BACKGROUNDS["dark grey"]), ("dark grey", "charcoal", "dark gray")),
     "stripes": (("stripes", (229, 229, 229), (211, 211, 211)), ("striped", "pinstriped")),
     "checker": (("checker", (231, 231, 231), (213, 213, 213)), ("checkered", "checkerboard")),
 }
