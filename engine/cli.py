@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import sys
 from importlib.metadata import entry_points
 
@@ -18,8 +20,6 @@ def _registrars():
     if found:
         yield from (ep.load for ep in found)
         return
-    import importlib
-
     for name in FALLBACK_COMMAND_MODULES:
         yield lambda name=name: importlib.import_module(name).register
 
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             register = load()
         except ModuleNotFoundError as exc:  # a package left out (a frozen studio has no training/)
-            if exc.name not in PACKAGES:
+            if not _left_out(exc):
                 raise
             continue
         register(sub)
@@ -43,6 +43,17 @@ def build_parser() -> argparse.ArgumentParser:
 PACKAGES = ("engine", "training", "app")
 # What `pip install "tessera-studio[train]"` adds (pyproject.toml): a command that needs one says so.
 TRAIN_EXTRA = ("torch", "onnx", "onnxscript", "skimage", "transformers")
+
+
+def _left_out(exc: ModuleNotFoundError) -> bool:
+    """The command module's whole package is missing (not installed, or hidden), not a module inside it."""
+    top = (exc.name or "").partition(".")[0]
+    if top not in PACKAGES:
+        return False
+    try:
+        return importlib.util.find_spec(top) is None
+    except ValueError:  # sys.modules[top] is None: hidden, as an import of a missing package meets it
+        return True
 
 
 def _missing_extra(exc: ModuleNotFoundError) -> str | None:

@@ -121,7 +121,7 @@ def test_info_bad_file_is_one_clear_error(tmp_path, capsys):
     bad.write_text("hello")
     assert main(["info", str(bad)]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("tessera: error:") and "not a readable image" in err
+    assert err.startswith("tessera: error:") and "notes.png: not an image file" in err
     assert "Traceback" not in err
 
 
