@@ -47,6 +47,8 @@ TRAIN_EXTRA = ("torch", "onnx", "onnxscript", "skimage", "transformers")
 
 def _left_out(exc: ModuleNotFoundError) -> bool:
     """The command module's whole package is missing (not installed, or hidden), not a module inside it."""
+    if exc.name in PACKAGES:
+        return True
     top = (exc.name or "").partition(".")[0]
     if top not in PACKAGES:
         return False
