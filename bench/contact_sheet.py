@@ -47,7 +47,7 @@ def run(bundle: str | None, out: Path) -> list[Path]:
     engine = Engine.load(bundle)
     world = ShapesWorld("test", seed=0, size=int(engine.image_tokenizer.image_size))
     best = lambda job: job.result().candidates  # noqa: E731
-    t2i = [(p[:60], [c.image for c in best(engine.generate(p, n=4, seed=7, retrieve=0))]) for p in PROMPTS]
+    t2i = [(p[:60], [c.image for c in best(engine.generate(p, n=4, seed=7))]) for p in PROMPTS]
 
     inpaint, edit, segment = [], [], []
     for i in range(3):
