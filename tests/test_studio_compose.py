@@ -14,7 +14,7 @@ from PySide6.QtCore import QEvent, QPointF, Qt
 from PySide6.QtGui import QMouseEvent
 from PySide6.QtWidgets import QApplication
 
-from app import window as window_module
+from app import files as files_module
 from app.layout_tool import LAYOUT_SIZE
 from app.window import MainWindow
 from engine.layout import layout_cells
@@ -183,7 +183,7 @@ def test_session_keeps_layout_boxes_answers_candidates_and_unfinished_jobs(qtbot
 def test_unsaved_work_asks_before_it_is_replaced(qtbot, engine, monkeypatch, tmp_path):
     win = studio(qtbot, engine)
     answers = []
-    monkeypatch.setattr(window_module, "ask_unsaved", lambda _w, action: answers.pop(0))
+    monkeypatch.setattr(files_module, "ask_unsaved", lambda _w, action: answers.pop(0))
     win.new_canvas()  # nothing to lose: no question
     win.doc.edit_mask(np.full_like(win.doc.mask, 255), "fill")
     before = win.doc.mask.copy()
@@ -191,7 +191,7 @@ def test_unsaved_work_asks_before_it_is_replaced(qtbot, engine, monkeypatch, tmp
     win.new_canvas()
     assert np.array_equal(win.doc.mask, before) and not answers
     saved = tmp_path / "saved.png"
-    monkeypatch.setattr(window_module.QFileDialog, "getSaveFileName", lambda *a, **k: (str(saved), ""))
+    monkeypatch.setattr(files_module.QFileDialog, "getSaveFileName", lambda *a, **k: (str(saved), ""))
     answers[:] = ["save"]
     win.new_canvas()
     assert saved.exists() and not win.doc.mask.any() and not win.unsaved
