@@ -222,7 +222,7 @@ def test_ask_and_use_as_reference(qtbot, studio, tessera_home):
 
 def test_retrieved_documents_and_library_folder(qtbot, studio, tmp_path):
     win, _ = studio
-    assert win.prompt.sampling()["retrieve"] == 0  # off by default, like the engine
+    assert win.prompt.sampling()["retrieve"] == DEFAULTS.retrieve  # the engine's default
     win.prompt.retrieval.setChecked(True)
     win.prompt.retrieve_k.setValue(2)
     run_and_wait(qtbot, win, n=1)
@@ -380,9 +380,9 @@ def test_the_balanced_preset_is_the_engines_defaults(studio):
     settings = p.sampling()
     defaults = asdict(DEFAULTS)
     assert settings.pop("n") == defaults.pop("candidates")
-    assert settings == defaults and settings["retrieve"] == 0 and settings["cdk_alpha"] is None
+    assert settings == defaults and settings["cdk_alpha"] is None
     p.apply_preset("Crisp (CD-K)")
-    assert p.sampling()["cdk_alpha"] is not None and p.sampling()["retrieve"] == 0
+    assert p.sampling()["cdk_alpha"] is not None and p.sampling()["retrieve"] == DEFAULTS.retrieve
 
 
 def test_presets_are_saved_with_the_settings(studio, tessera_home):
