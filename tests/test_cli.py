@@ -31,14 +31,15 @@ def test_without_the_train_extra_every_command_is_listed_and_names_the_extra(tmp
     Image.new("RGB", (16, 16), "red").save(tmp_path / "a.png")
     code = (f"{HIDE_TRAIN_EXTRA}from engine.cli import build_parser, main\n"
             "sub = build_parser()._subparsers._group_actions[0].choices\n"
-            "print(sorted(sub))\n"
-            "print(sorted(sub['data']._subparsers._group_actions[0].choices))\n"
-            f"print(main(['data', 'check', {str(tmp_path)!r}]))\n"
-            "print(main(['model', 'info', 'shapes']))\n"
-            "print('torch' in sys.modules and sys.modules['torch'] is not None)")
+            "print('@', sorted(sub))\n"
+            "print('@', sorted(sub['data']._subparsers._group_actions[0].choices))\n"
+            f"print('@', main(['data', 'check', {str(tmp_path)!r}]))\n"
+            "print('@', main(['model', 'info', 'shapes']))\n"
+            "print('@', 'torch' in sys.modules and sys.modules['torch'] is not None)")
     proc = _python(code)
     assert proc.returncode == 0, proc.stderr
-    commands, data, check_rc, info_rc, torch_loaded = proc.stdout.strip().splitlines()[-5:]
+    ours = [line[2:] for line in proc.stdout.splitlines() if line.startswith("@ ")]  # not the commands' own
+    commands, data, check_rc, info_rc, torch_loaded = ours
     expected = {"generate", "caption", "studio", "data", "train", "export", "model", "bench"}
     assert expected <= set(eval(commands))
     assert "check" in eval(data)

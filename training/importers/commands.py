@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from training.importers.onnx_llama import PRECISIONS
+from engine.errors import BadInputError
 
 
 def register(groups: dict[str, argparse._SubParsersAction]) -> None:
@@ -15,8 +15,8 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     p.add_argument("hf_dir", help="folder written by JanusForConditionalGeneration.save_pretrained, with "
                                   "tokenizer.json and tokenizer_config.json")
     p.add_argument("--out", required=True, help="bundle folder to write")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="weights of the transformer graphs (default fp32; int8/int4: blocks of 32)")
+    p.add_argument("--precision", default="fp32",  # checked when the command runs: onnx loads only then
+                   help="transformer weights: fp32 (default), fp16, int8 or int4 (int8/int4: blocks of 32)")
     p.add_argument("--name", help="the bundle's display name (default: the folder's name and the precision)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
     p.add_argument("--check", action="store_true",
@@ -27,6 +27,10 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
 
 def _import_janus(args: argparse.Namespace) -> int:
     from training.importers.janus import import_janus
+    from training.importers.onnx_llama import PRECISIONS
+
+    if args.precision not in PRECISIONS:
+        raise BadInputError(f"--precision must be one of {', '.join(PRECISIONS)}, got {args.precision!r}")
 
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
     config = import_janus(args.hf_dir, args.out, args.precision, name=args.name, force=args.force, log=log)
