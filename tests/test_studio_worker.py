@@ -191,9 +191,9 @@ def test_plain_calls_report_progress(qtbot, queue, engine):
             report(i + 1, 3)
         return "indexed"
 
-    job = queue.submit("library", "index", index)
-    with qtbot.waitSignal(queue.ended, timeout=TIMEOUT) as blocker:
-        pass
+    with qtbot.waitSignal(queue.ended, timeout=TIMEOUT,  # the load job's own end may arrive late
+                          check_params_cb=lambda job_id, *_: job_id == job) as blocker:
+        job = queue.submit("library", "index", index)
     assert blocker.args == [job, "finished", "indexed"]
     assert progress == [(1, 3), (2, 3), (3, 3)]
 
