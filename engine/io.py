@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -54,3 +55,14 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def publish_folder(stage: Path, out: Path) -> None:
+    """Put a finished staging folder (beside `out`, same file system) in place of `out`, shareable:
+    temp files are created 0600, a bundle is meant to be read by others (files 0644, folders 0755)."""
+    stage.chmod(0o755)
+    for p in stage.rglob("*"):
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    if out.exists():
+        shutil.rmtree(out)
+    stage.rename(out)

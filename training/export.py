@@ -42,7 +42,7 @@ from engine.bundle import (
 )
 from engine.decode import left_pad
 from engine.errors import BadInputError
-from engine.io import atomic_write, atomic_write_text
+from engine.io import atomic_write, atomic_write_text, publish_folder
 from engine.nn.transformer import ModelConfig, Transformer
 from engine.vocab import Vocab
 
@@ -325,21 +325,11 @@ def write_bundle(
         }
         atomic_write_text(stage / CONFIG_FILE, json.dumps(config, indent=2))
         write_manifest(stage)  # last: it vouches for everything above
-        _readable(stage)
-        if out.exists():
-            shutil.rmtree(out)
-        stage.rename(out)
+        publish_folder(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
     return config
-
-
-def _readable(root: Path) -> None:
-    """Temp files are created 0600; a bundle is meant to be shared (files 0644, folders 0755)."""
-    root.chmod(0o755)
-    for p in root.rglob("*"):
-        p.chmod(0o755 if p.is_dir() else 0o644)
 
 
 def _tokenizer_file(path: str | Path) -> Path:

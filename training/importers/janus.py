@@ -39,7 +39,7 @@ from engine.bundle import (
     write_manifest,
 )
 from engine.errors import BadInputError, BundleError
-from engine.io import atomic_write, atomic_write_text
+from engine.io import atomic_write, atomic_write_text, publish_folder
 from engine.vocab import Vocab
 from training.importers.onnx_llama import (
     Graph,
@@ -334,13 +334,8 @@ def import_janus(hf_dir: str | Path, out: str | Path, precision: str = "fp32", *
             },
         }
         atomic_write_text(stage / CONFIG_FILE, json.dumps(config, indent=2))
-        write_manifest(stage)
-        stage.chmod(0o755)
-        for p in stage.rglob("*"):
-            p.chmod(0o755 if p.is_dir() else 0o644)
-        if out.exists():
-            shutil.rmtree(out)
-        stage.rename(out)
+        write_manifest(stage)  # last: it vouches for everything above
+        publish_folder(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
