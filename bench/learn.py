@@ -4,7 +4,8 @@ Each design trains the `shapes` model from scratch on the text->image + captioni
 Shapes World for the same budget of *real* (non-pad) tokens, then every checkpoint is scored on
 fixed sets: image NLL (nats per image token) of 64 validation caption->image documents given their
 caption, compositional accuracy (the judge reads 50 images generated from the quick suite's test
-captions, through the engine's own decoding: CFG 3, top-p 0.9, no retrieval) and caption exact match
+captions, through the engine's own decoding: CFG 3, top-p 0.9, one candidate, no retrieval) and
+caption exact match
 on 50 test images. The figure of merit is real tokens to a target, not wall time (nanoGPT speedrun
 style); every design here costs the same per token.
 
@@ -104,7 +105,7 @@ class Scorer:
 
         grid = GridCells.of(self.engine.vocab) if model.config.grid_rows else None
         self.engine.backend = TorchBackend(model.eval(), max_batch=4, grid=grid)
-        tasks = EngineTasks(self.engine, Decoding(retrieve=0))
+        tasks = EngineTasks(self.engine, Decoding(n=1, retrieve=0))  # fixed, whatever the studio does
         comp = compositional(tasks.generate, self.judge, self.samples)
         return {"image_nll": round(self.image_nll(model, grid), 4), "compositional": comp["acc"],
                 "caption_exact": caption_exact(tasks.caption, self.samples)}
