@@ -5,9 +5,8 @@ Shapes World for the same budget of *real* (non-pad) tokens, then every checkpoi
 fixed sets: image NLL (nats per image token) of 64 validation caption->image documents given their
 caption, compositional accuracy (the judge reads 50 images generated from the quick suite's test
 captions, through the engine's own decoding: CFG 3, top-p 0.9, one candidate, no retrieval) and
-caption exact match
-on 50 test images. The figure of merit is real tokens to a target, not wall time (nanoGPT speedrun
-style); every design here costs the same per token.
+caption exact match on 50 test images. The figure of merit is real tokens to a target, not wall time
+(nanoGPT speedrun style); every design here costs the same per token.
 
 Designs (training/data/sft_source.py explains the layouts):
     packed       the first design: packed rows, loss on every token, CM3 transform 0.25
