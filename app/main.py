@@ -12,11 +12,15 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.api import EngineAPI
 
 log = logging.getLogger(__name__)
 
 
-def engine_factory(bundle: str | None, demo: bool) -> Callable[[], object]:
+def engine_factory(bundle: str | None, demo: bool) -> Callable[[], EngineAPI]:
     """What the worker thread calls to get its engine (nothing is loaded here, on the UI thread)."""
     if demo or os.environ.get("TESSERA_FAKE_ENGINE") == "1":
         from app.demo_engine import DemoEngine

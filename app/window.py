@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import shiboken6
 from PySide6.QtCore import Qt
@@ -49,11 +50,14 @@ from app.worker import JobQueue
 from engine.jobs import JobState
 from engine.task_table import EngineTask
 
+if TYPE_CHECKING:
+    from engine.api import EngineAPI
+
 log = logging.getLogger(__name__)
 
 
 class MainWindow(FileCommands, QMainWindow):
-    def __init__(self, engine_factory: Callable[[], object] | None, settings: StudioSettings | None = None,
+    def __init__(self, engine_factory: Callable[[], EngineAPI] | None, settings: StudioSettings | None = None,
                  autosave: bool = True, restore: bool = True) -> None:
         super().__init__()
         self.settings = settings or StudioSettings()
@@ -329,7 +333,7 @@ class MainWindow(FileCommands, QMainWindow):
         self._update_brush_label()
 
     # -- engine ------------------------------------------------------------------------------------
-    def load_engine(self, factory: Callable[[], object]) -> int:
+    def load_engine(self, factory: Callable[[], EngineAPI]) -> int:
         self.model_label.setText("Loading model…")
         return self.queue.load(factory)
 

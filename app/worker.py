@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QObject, Qt, QThread, Slot
 
@@ -27,6 +27,9 @@ from app.qtfix import Signal
 from engine.errors import TesseraError
 from engine.events import Cancelled, Failed, Finished, Progress
 from engine.jobs import ENDED, JobState
+
+if TYPE_CHECKING:
+    from engine.api import EngineAPI
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +75,7 @@ class _Worker(QObject):
         self._cancelled: set[int] = set()
         self._running_id: int | None = None
         self._running_job = None
-        self.engine = None
+        self.engine: EngineAPI | None = None
 
     # -- called from the UI thread -----------------------------------------------------------------
     def put(self, task: _Task) -> None:
@@ -172,7 +175,7 @@ def _message(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, TesseraError) else f"{type(exc).__name__}: {exc}"
 
 
-def engine_info(engine) -> dict:
+def engine_info(engine: EngineAPI) -> dict:
     """What the UI needs to know about the engine, read on the worker thread that owns it."""
     return {
         "model_id": str(getattr(engine, "model_id", "unknown model")),
@@ -209,7 +212,7 @@ class JobQueue(QObject):
         self._worker.engine_changed.connect(self.engine_changed)
         self._thread.start()
 
-    def load(self, factory: Callable[[], Any], label: str = "Load model") -> int:
+    def load(self, factory: Callable[[], EngineAPI], label: str = "Load model") -> int:
         return self._add("load", label, lambda engine, progress: factory(), {}, None, load=True)
 
     def submit(self, task: str, label: str, call: JobCall, params: dict | None = None,
