@@ -1,4 +1,4 @@
-"""Sequence formats (docs/architecture.md): documents, the CM3 causal-masked transform, prompts, batches.
+"""Sequence formats (docs/architecture.md): documents, the CM3 causal-masked transform, prompts, grid cells.
 
 Every function takes and returns numpy int64 arrays of ids already in the `Vocab` id space.
 
@@ -259,50 +259,3 @@ def split_parts(vocab: Vocab, seq) -> list[Part]:
                                          ("seg", vocab.is_seg)) if np.all(test(chunk))}
         parts.append(Part(kinds.pop() if kinds else "mixed", chunk))
     return parts
-
-
-# -- batches -------------------------------------------------------------------------------------
-def _finish(vocab: Vocab, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    inputs, targets = rows[:, :-1].copy(), rows[:, 1:].copy()
-    return inputs, targets, loss_weights(vocab, targets)
-
-
-def pad(vocab: Vocab, seqs: Sequence, seq_len: int, truncate: bool = False):
-    """One sequence per row, padded with <pad> to seq_len + 1, split into
-    (inputs (B, T), targets (B, T), weights (B, T) float32). A longer sequence is an error
-    unless `truncate` (then it is cut at seq_len + 1 tokens)."""
-    rows = np.full((len(seqs), seq_len + 1), vocab.pad, dtype=np.int64)
-    for r, s in enumerate(seqs):
-        s = _ids(s)
-        if s.size > seq_len + 1:
-            if not truncate:
-                raise BadInputError(f"sequence of {s.size} tokens does not fit seq_len + 1 = {seq_len + 1}")
-            s = s[: seq_len + 1]
-        rows[r, : s.size] = s
-    return _finish(vocab, rows)
-
-
-def pack(vocab: Vocab, seqs: Sequence, seq_len: int, rows: int | None = None):
-    """Greedily concatenate whole sequences into rows of seq_len + 1 tokens (in order; a sequence
-    that does not fit starts a new row), pad the rest; returns (inputs, targets, weights).
-    With `rows`, exactly that many rows come back and sequences that do not fit are dropped."""
-    packed: list[list[np.ndarray]] = [[]]
-    used = 0
-    for s in seqs:
-        s = _ids(s)
-        if s.size > seq_len + 1:
-            raise BadInputError(f"sequence of {s.size} tokens does not fit seq_len + 1 = {seq_len + 1}")
-        if used + s.size > seq_len + 1:
-            if rows is not None and len(packed) == rows:
-                break
-            packed.append([])
-            used = 0
-        packed[-1].append(s)
-        used += s.size
-    n_rows = len(packed) if rows is None else rows
-    out = np.full((n_rows, seq_len + 1), vocab.pad, dtype=np.int64)
-    for r, parts in enumerate(packed):
-        if parts:
-            row = np.concatenate(parts)
-            out[r, : row.size] = row
-    return _finish(vocab, out)

@@ -149,21 +149,3 @@ def test_parsing_generated_sequences():
     parts = F.split_parts(V, [V.eos, *text, V.brk, *img, V.brk, V.seg_offset, V.eos, V.mask(0), *text])
     assert [p.modality for p in parts] == ["text", "image", "seg", "mixed"]
     assert np.array_equal(parts[1].ids, img)
-
-
-def test_pad_and_pack():
-    a = np.array([V.eos, 30, 31, V.mask(0), 32, V.eos])
-    b = np.array([V.eos, 33, V.eos])
-    x, y, w = F.pad(V, [a, b], seq_len=6)
-    assert x.shape == y.shape == w.shape == (2, 6) and x.dtype == np.int64 and w.dtype == np.float32
-    assert list(x[1]) == [V.eos, 33, V.eos, 0, 0, 0] and list(y[1]) == [33, V.eos, 0, 0, 0, 0]
-    assert list(w[0]) == [1, 1, 0, 1, 1, 0] and list(w[1]) == [1, 1, 0, 0, 0, 0]
-    with pytest.raises(BadInputError, match="does not fit"):
-        F.pad(V, [a], seq_len=4)
-    assert F.pad(V, [a], seq_len=4, truncate=True)[0].shape == (1, 4)
-    x, y, w = F.pack(V, [a, b, b, a, b], seq_len=8)  # 9 tokens per row: a+b, b+a, b
-    assert x.shape == (3, 8)
-    rows = np.concatenate([x[:, :1], y], axis=1)
-    assert list(rows[0]) == [*a, *b] and list(rows[1]) == [*b, *a]  # whole sequences, in order
-    assert list(rows[2]) == [*b, 0, 0, 0, 0, 0, 0]
-    assert F.pack(V, [a, b, b, a, b], seq_len=8, rows=2)[0].shape == (2, 8)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.errors import BadInputError
-from engine.formats import apply_spans, pad
+from engine.formats import apply_spans
 from engine.instructions import (
     OUTPUT,
     PARAPHRASES,
@@ -276,9 +276,9 @@ class FolderInstructionData(InstructionSource):
 class InstructionMixture:
     """Examples drawn from a task mixture: example(index) picks the task from `weights` with a
     generator seeded by (seed, index), so the stream is a pure function of the index.
-    Also a SequenceSource (training/data/sequences.py): batch(...) -> (inputs, targets, weights)."""
+    training/data/sft_source.py packs its examples into training rows."""
 
-    def __init__(self, data: InstructionSource, weights: Mapping[Task | str, float], *, seq_len: int = 256,
+    def __init__(self, data: InstructionSource, weights: Mapping[Task | str, float], *,
                  seed: int = 0) -> None:
         tasks = [Task(t) for t in weights]
         w = np.asarray([float(weights[t]) for t in weights], dtype=np.float64)
@@ -288,7 +288,7 @@ class InstructionMixture:
         if missing:
             raise BadInputError(f"the data has no examples for: {', '.join(missing)}")
         self.data, self.tasks, self.p = data, tasks, w / w.sum()
-        self.seq_len, self.seed = seq_len, seed
+        self.seed = seed
 
     def task(self, index: int) -> Task:
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, _stream("mixture"), index]))
@@ -296,10 +296,3 @@ class InstructionMixture:
 
     def example(self, index: int) -> Example:
         return self.data.example(self.task(index), index)
-
-    def batch(self, step: int, micro_step: int, rank: int, world_size: int, batch_size: int):
-        """batch_size examples at indices drawn from (seed, step, micro_step, rank), each padded to
-        seq_len + 1 tokens: a pure function of its arguments, so resuming needs no data state."""
-        rng = np.random.default_rng(np.random.SeedSequence([self.seed, step, micro_step, rank, world_size]))
-        indices = rng.integers(0, len(self.data), size=batch_size)
-        return pad(self.data.vocab, [self.example(int(i)).ids for i in indices], self.seq_len)

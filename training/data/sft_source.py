@@ -143,7 +143,7 @@ def shapes_sft(
         data = InstructionData(vocab, text_tok, image_tok.encode, split=SPLITS.get(split, split),
                                seed=data_seed, cond_dropout=cond_dropout)
         weights = weights or DEFAULT_WEIGHTS
-    mixture = InstructionMixture(data, weights, seq_len=seq_len, seed=data_seed)
+    mixture = InstructionMixture(data, weights, seed=data_seed)
     source = PackedInstructionSource(mixture, seq_len, data_seed, cm3_prob, SEG_CLASSES, loss, separate_docs)
     source.trained_with = record(**paths)
     return source
