@@ -148,11 +148,12 @@ class Trainer:
                 raise BadInputError(
                     f"data source gave a batch of shape {x.shape}, expected {(b.micro_batch, b.seq_len)}"
                 )
-        counts = [sum(float(m[2].sum(dtype=np.float64)) for m in micro),
-                  sum(float((m[0] != self.pad_id).sum()) for m in micro) if self.pad_id is not None else 0.0]
+        # a source without a vocabulary has no padding: every position is a real token
+        real = sum(int((m[0] != self.pad_id).sum()) if self.pad_id is not None else m[0].size for m in micro)
+        counts = [sum(float(m[2].sum(dtype=np.float64)) for m in micro), float(real)]
         totals = parallel.all_reduce_sum(torch.tensor(counts, dtype=torch.float64).to(info.device), info)
-        total_w, real = float(totals[0]), int(totals[1])
-        self.counts["real_tokens"] += real if self.pad_id is not None else self.tokens_per_step
+        total_w = float(totals[0])
+        self.counts["real_tokens"] += int(totals[1])
         self.counts["loss_tokens"] += total_w
         norm = max(total_w, 1e-8)
         loss_sum = torch.zeros((), dtype=torch.float64, device=info.device)
