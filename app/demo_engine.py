@@ -158,6 +158,8 @@ class DemoEngine:
     tasks = frozenset({EngineTask.GENERATE, EngineTask.INPAINT, EngineTask.EDIT, EngineTask.CAPTION,
                        EngineTask.ANSWER, EngineTask.SEGMENT})
     seg_class_names = ("background", *KINDS)
+    image_size = SIZE
+    unsupported: dict[str, str] = {}
 
     def __init__(self, step_delay: float = 0.004) -> None:
         self.step_delay = step_delay  # seconds per decode step: the "model"

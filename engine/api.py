@@ -29,6 +29,8 @@ class EngineAPI(Protocol):
     provider: str  # the execution provider, "CPU" / "CUDA"
     tasks: frozenset[EngineTask]
     seg_class_names: tuple[str, ...]
+    image_size: int  # the side of the square images it makes (the studio's new canvas)
+    unsupported: dict[str, str]  # task -> why it is refused, where the bundle says (an imported model)
 
     @property
     def library(self) -> UserLibrary:

@@ -83,8 +83,9 @@ def write_manifest(root: str | Path) -> dict:
     return manifest
 
 
-def verify(root: str | Path) -> dict:
-    """Check a bundle against its manifest; returns the manifest or raises BundleError naming the file."""
+def verify(root: str | Path, hashes: bool = True) -> dict:
+    """Check a bundle against its manifest; returns the manifest or raises BundleError naming the file.
+    hashes=False checks every file's presence and size but reads none (listing bundles, not loading)."""
     root = Path(root)
     if not root.is_dir():
         raise BundleError(f"model bundle not found: {root} is not a folder")
@@ -96,7 +97,9 @@ def verify(root: str | Path) -> dict:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         files = manifest["files"]
         ok = manifest.get("format") == MANIFEST_FORMAT and isinstance(files, dict)
-    except (ValueError, KeyError, TypeError):
+    except OSError as exc:
+        raise BundleError(f"cannot read {manifest_path}: {exc}") from None
+    except (ValueError, KeyError, TypeError, AttributeError):
         ok = False
     if not ok:
         raise BundleError(f"{manifest_path} is not a valid manifest")
@@ -111,7 +114,7 @@ def verify(root: str | Path) -> dict:
         path = root / rel
         if not path.is_file():
             raise BundleError(f"model bundle {root} is incomplete: {rel} is missing")
-        if path.stat().st_size != entry.get("size") or sha256_file(path) != entry.get("sha256"):
+        if path.stat().st_size != entry.get("size") or (hashes and sha256_file(path) != entry.get("sha256")):
             raise BundleError(f"model bundle {root} was modified: {rel} does not match its manifest hash")
     extra = sorted(set(_bundle_files(root)) - set(files))
     if extra:
@@ -127,14 +130,17 @@ class Bundle:
     manifest: dict
 
     @classmethod
-    def load(cls, root: str | Path, check: bool = True) -> Bundle:
-        """Read a bundle; with check=True (always, outside tests of this module) verify the manifest."""
+    def load(cls, root: str | Path, check: bool = True, hashes: bool = True) -> Bundle:
+        """Read a bundle; with check=True (always, outside tests of this module) verify the manifest,
+        with hashes=False only its files' sizes (engine.installed lists bundles without reading them)."""
         root = Path(root)
-        manifest = verify(root) if check else {}
+        manifest = verify(root, hashes) if check else {}
         try:
             config = json.loads((root / CONFIG_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise BundleError(f"cannot read {root / CONFIG_FILE}: {exc}") from None
+        if not isinstance(config, dict):
+            raise BundleError(f"{root / CONFIG_FILE} is malformed: not a JSON object")
         if config.get("format") != BUNDLE_FORMAT:
             raise BundleError(f"{root} has bundle format {config.get('format')!r}; this Tessera reads "
                               f"{BUNDLE_FORMAT!r}")
@@ -153,6 +159,28 @@ class Bundle:
     @property
     def model_config(self) -> dict:
         return self.config["model"]
+
+    @property
+    def trained_tasks(self) -> frozenset[str]:
+        """The model tasks (engine.instructions.Task values) config.json lists; CM3 pretraining's if none."""
+        from engine.task_table import PRETRAINED_TASKS
+
+        tasks = self.config.get("tasks") or PRETRAINED_TASKS
+        if not isinstance(tasks, (list, tuple)) or not all(isinstance(t, str) for t in tasks):
+            raise BundleError(f"{self.root / CONFIG_FILE} is malformed: tasks is not a list of task names")
+        return frozenset(tasks)
+
+    @property
+    def image_size(self) -> int:
+        """The side of the square images the model reads and makes: its image tokenizer's."""
+        folder = self.image_tokenizer_dir
+        if folder is None:
+            raise BundleError(f"model bundle {self.root} has no image tokenizer")
+        path = folder / CONFIG_FILE
+        try:
+            return int(json.loads(path.read_text(encoding="utf-8"))["vq"]["image_size"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise BundleError(f"cannot read the image size from {path}: {exc!r}") from None
 
     @property
     def max_len(self) -> int:

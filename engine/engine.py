@@ -33,7 +33,7 @@ from engine.jobs import Job
 from engine.layout import check_box, layout_cells
 from engine.sampling import MAX_CFG_SCALE, Argmax, guided_sampler
 from engine.settings import DEFAULTS
-from engine.task_table import PRETRAINED_TASKS, TASKS, EngineTask, enabled_tasks
+from engine.task_table import TASKS, EngineTask, enabled_tasks
 from engine.tasks import (
     Request,
     Retrieval,
@@ -64,9 +64,11 @@ class Engine:
         self.text_tokenizer, self.image_tokenizer = text_tokenizer, image_tokenizer
         self.retriever, self.bank = retriever, bank
         config = bundle.config
-        self.trained_tasks = frozenset(config.get("tasks") or PRETRAINED_TASKS)
+        self.trained_tasks = bundle.trained_tasks
         self.chat_prompt = ChatPrompt.from_config(config)  # an imported chat model's prompt format
         self.tasks: frozenset[EngineTask] = enabled_tasks(self.trained_tasks)
+        self.unsupported: dict[str, str] = dict(config.get("unsupported") or {})  # an importer says why
+        self.image_size: int = image_tokenizer.image_size
         default_names = ["background", *(f"class {i}" for i in range(1, self.vocab.seg_size))]
         self.seg_class_names: tuple[str, ...] = tuple(config.get("seg_classes") or default_names)
         name = config.get("name") or bundle.root.name
@@ -298,7 +300,7 @@ class Engine:
     def _require(self, task: EngineTask) -> None:
         if task not in self.tasks:
             known = ", ".join(sorted(self.tasks)) or "nothing"
-            why = self.bundle.config.get("unsupported", {}).get(task)  # an imported model says why
+            why = self.unsupported.get(task)
             raise UnsupportedTaskError(
                 f"this model was not trained for {TASKS[task].description} ({task}"
                 + (f": {why}" if why else "") + f"); {self.model_id} can do: {known}"

@@ -20,8 +20,13 @@ def assets_dir() -> Path:
     return source if source.is_dir() else Path(sysconfig.get_path("data")) / "share" / "tessera" / "assets"
 
 
+def bundled_models_dir() -> Path:
+    """The models that ship with Tessera, one bundle folder each."""
+    return assets_dir() / "models"
+
+
 def default_bundle_dir() -> Path:
-    return assets_dir() / "models" / "shapes"
+    return bundled_models_dir() / "shapes"
 
 
 def default_image_tokenizer_dir() -> Path:
@@ -41,4 +46,13 @@ def user_data_dir() -> Path:
 
         path = Path(_platform_dir("Tessera", "Tessera"))
     path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def models_dir() -> Path:
+    """Where the user's model bundles are installed (`tessera import janus --out`, `tessera export --out`
+    into it): every bundle folder here is listed by engine.bundle.installed_bundles (the studio's
+    File › Model)."""
+    path = user_data_dir() / "models"
+    path.mkdir(exist_ok=True)
     return path

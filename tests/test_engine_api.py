@@ -53,6 +53,7 @@ def test_both_engines_describe_themselves_alike(engines, which):
     assert engine.provider in ("CPU", "CUDA")
     assert engine.tasks and all(type(t) is EngineTask for t in engine.tasks)
     assert isinstance(engine.seg_class_names, tuple) and engine.seg_class_names[0] == "background"
+    assert engine.image_size == {"engine": 16, "demo": 64}[which] and isinstance(engine.unsupported, dict)
 
 
 def test_the_demo_refuses_what_it_does_not_serve_like_the_engine():
