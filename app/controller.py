@@ -246,7 +246,7 @@ class Controller(QObject):
             if record.task == "load":
                 kept = "the previous model stays loaded" if self.model_id else "no model is loaded"
                 self.error.emit("Could not load the model", f"{result}\n\nThe studio keeps running ({kept}); "
-                                "open another model with File › Open model….")
+                                "choose another in File › Model.")
             else:
                 self.error.emit(f"{record.label} failed", str(result))
         elif record.task in IMAGE_TASKS:

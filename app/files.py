@@ -45,7 +45,7 @@ class FileCommands:
     def new_canvas(self) -> None:
         if not self.confirm_replace("start a new canvas"):
             return
-        self.doc.reset(np.zeros((64, 64, 4), np.uint8))
+        self.blank_canvas()  # the loaded model's image size (app/models_menu.py)
         self.file_path = None
         self._fresh_canvas()
 

@@ -212,12 +212,18 @@ class PromptPanel(QWidget):
             if button.property("task") == task:
                 button.setChecked(True)
 
-    def set_available_tasks(self, tasks: set[str] | None) -> None:
-        """Disable tasks the model was not trained for (None: all)."""
+    def set_available_tasks(self, tasks: set[str] | None, reasons: dict[str, str] | None = None) -> None:
+        """Disable tasks the model was not trained for (None: all), saying why where the model does."""
         for button in self.task_group.buttons():
-            ok = tasks is None or button.property("task") in tasks
+            task = button.property("task")
+            ok = tasks is None or task in tasks
             button.setEnabled(ok)
-            button.setToolTip("" if ok else "The loaded model was not trained for this task")
+            why = (reasons or {}).get(task) or "The loaded model was not trained for this task"
+            button.setToolTip("" if ok else why)
+        checked = self.task_group.checkedButton()
+        enabled = [b for b in self.task_group.buttons() if b.isEnabled()]
+        if checked is not None and not checked.isEnabled() and enabled:  # a task the new model lacks
+            enabled[0].setChecked(True)
 
     def _on_task_button(self, button: QAbstractButton, checked: bool) -> None:
         if not checked:

@@ -1,4 +1,5 @@
-"""Studio preferences (theme, user presets, autosave interval) in user_data_dir()/settings.json.
+"""Studio preferences (theme, user presets, autosave interval, recent models) in
+user_data_dir()/settings.json.
 
 A plain JSON file rather than QSettings so that $TESSERA_HOME isolates everything (tests, portable use).
 """
@@ -22,6 +23,7 @@ class StudioSettings:
     presets: dict[str, dict] = field(default_factory=dict)  # the user's own sampling presets
     autosave_seconds: float = 3.0
     feather: int = 2  # inpaint edge feathering, image pixels
+    recent_models: list[str] = field(default_factory=list)  # folders opened with Open model…, newest first
 
     @staticmethod
     def path() -> Path:

@@ -13,7 +13,6 @@ from PySide6.QtGui import QAction, QActionGroup, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
     QDockWidget,
-    QFileDialog,
     QFrame,
     QHBoxLayout,
     QLabel,
@@ -41,14 +40,14 @@ from app.history import HistoryPanel
 from app.insight_panel import InsightPanel
 from app.layers_panel import LayersPanel
 from app.layout_tool import LayoutLayer
+from app.models_menu import ModelCommands
 from app.panels import CandidatesStrip, QueuePanel, RetrievalPanel
-from app.prompt_panel import PANEL_TASKS, PromptPanel
+from app.prompt_panel import PromptPanel
 from app.regions import Regions
 from app.session import Session
 from app.settings import StudioSettings
 from app.worker import JobQueue
 from engine.jobs import JobState
-from engine.task_table import EngineTask
 
 if TYPE_CHECKING:
     from engine.api import EngineAPI
@@ -56,7 +55,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class MainWindow(FileCommands, QMainWindow):
+class MainWindow(FileCommands, ModelCommands, QMainWindow):
     def __init__(self, engine_factory: Callable[[], EngineAPI] | None, settings: StudioSettings | None = None,
                  autosave: bool = True, restore: bool = True) -> None:
         super().__init__()
@@ -257,7 +256,7 @@ class MainWindow(FileCommands, QMainWindow):
         self.act["theme"].setChecked(self.settings.theme == "light")
 
         menus = {
-            "&File": ("new", "open", "model", None, "save", "export_mask", None, "quit"),
+            "&File": ("new", "open", "models", None, "save", "export_mask", None, "quit"),
             "&Edit": ("undo", "redo", None, "clear_mask", "invert_mask", None, "smaller", "bigger"),
             "&View": ("fit", "actual", "zoom_in", "zoom_out", None, "toggle_seg", "theme"),
             "&Image": ("run", "cancel", None, "caption", "segment", "ask", "reference"),
@@ -267,7 +266,10 @@ class MainWindow(FileCommands, QMainWindow):
         for title, keys in menus.items():
             menu = self.menuBar().addMenu(title)
             for key in keys:
-                menu.addSeparator() if key is None else menu.addAction(self.act[key])
+                if key == "models":  # File › Model, with Open model… in it
+                    self.build_model_menu(menu)
+                else:
+                    menu.addSeparator() if key is None else menu.addAction(self.act[key])
             if title == "&View":
                 panels = menu.addMenu("Panels")
                 for dock in self.findChildren(QDockWidget):
@@ -331,47 +333,6 @@ class MainWindow(FileCommands, QMainWindow):
         self.doc.undo.indexChanged.connect(self._update_undo_texts)
         QApplication.instance().focusChanged.connect(self._on_focus)
         self._update_brush_label()
-
-    # -- engine ------------------------------------------------------------------------------------
-    def load_engine(self, factory: Callable[[], EngineAPI]) -> int:
-        self.model_label.setText("Loading model…")
-        return self.queue.load(factory)
-
-    def _on_engine(self, info: dict) -> None:
-        self.engine_info = info
-        self.model_label.setText(self._model_text(info))
-        self.model_label.setToolTip(f"Model {info['model_id']}, {info['provider']} execution provider")
-        known = {t for t in info["tasks"] if t in PANEL_TASKS}
-        self.prompt.set_available_tasks(known or None)
-        self.compose.set_available(set(info["tasks"]) or None)
-        if info["seg_class_names"]:
-            self.compose.set_class_names(tuple(info["seg_class_names"]))
-        for key, task in (("caption", EngineTask.CAPTION), ("segment", EngineTask.SEGMENT),
-                          ("ask", EngineTask.ANSWER)):
-            self.act[key].setEnabled(not known or task in known)  # untrained tasks: greyed out
-        self.insight.describe.setEnabled(not known or EngineTask.CAPTION in known)
-        self.insight.question.setEnabled(not known or EngineTask.ANSWER in known)
-        self.statusBar().showMessage(f"Model ready: {info['model_id']} ({info['provider']})", 5000)
-
-    @staticmethod
-    def _model_text(info: dict) -> str:
-        return f"●  {info['model_id']}  ·  {info['provider']}"
-
-    def _on_load_ended(self, job_id: int, state: str, _result: object) -> None:
-        """A bundle that fails to load leaves the previous model (if any) in place."""
-        record = self.queue.records.get(job_id)
-        if record is not None and record.task == "load" and state != JobState.FINISHED:
-            info = self.engine_info
-            self.model_label.setText(self._model_text(info) if info else "●  no model")
-
-    def open_model_dialog(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Open a model bundle")
-        if folder:
-            def factory(path=folder):
-                from engine.engine import Engine  # imported on the worker thread, with the model
-
-                return Engine.load(path)
-            self.load_engine(factory)
 
     def accept_candidate(self, item) -> None:
         """Put a candidate on the canvas as one undoable step; the old image's caption goes."""

@@ -176,12 +176,17 @@ def _message(exc: BaseException) -> str:
 
 
 def engine_info(engine: EngineAPI) -> dict:
-    """What the UI needs to know about the engine, read on the worker thread that owns it."""
+    """What the UI needs to know about the engine, read on the worker thread that owns it; "bundle" is
+    the folder of a bundle's engine (File › Model checks it), None for the demo's."""
+    bundle = getattr(engine, "bundle", None)
     return {
         "model_id": str(getattr(engine, "model_id", "unknown model")),
         "provider": str(getattr(engine, "provider", "CPU")),
         "tasks": frozenset(getattr(engine, "tasks", ()) or ()),
         "seg_class_names": tuple(getattr(engine, "seg_class_names", ()) or ()),
+        "image_size": int(getattr(engine, "image_size", 0) or 0),
+        "unsupported": dict(getattr(engine, "unsupported", {}) or {}),
+        "bundle": str(bundle.root) if bundle is not None else None,
     }
 
 
@@ -191,7 +196,7 @@ class JobQueue(QObject):
     changed = Signal(int)  # a job was added or changed state
     event = Signal(int, object)  # Progress / PartialImage / Retrieved of a running job
     ended = Signal(int, str, object)  # id, the JobState it ended in, result or message
-    engine_changed = Signal(object)  # dict: model_id, provider, tasks, seg_class_names
+    engine_changed = Signal(object)  # engine_info()
 
     MAX_RECORDS = 200
 
@@ -212,14 +217,15 @@ class JobQueue(QObject):
         self._worker.engine_changed.connect(self.engine_changed)
         self._thread.start()
 
-    def load(self, factory: Callable[[], EngineAPI], label: str = "Load model") -> int:
-        return self._add("load", label, lambda engine, progress: factory(), {}, None, load=True)
+    def load(self, factory: Callable[[], EngineAPI], label: str = "Load model",
+             params: dict | None = None) -> int:
+        return self._add("load", label, lambda engine, progress: factory(), params or {}, None, load=True)
 
     def submit(self, task: str, label: str, call: JobCall, params: dict | None = None,
                context: Any = None) -> int:
         def guarded(engine, progress):
             if engine is None:
-                raise NoModelError("No model is loaded: open a model bundle (File > Open model…)")
+                raise NoModelError("No model is loaded: choose one in File › Model")
             return call(engine, progress)
 
         return self._add(task, label, guarded, params or {}, context)

@@ -50,6 +50,7 @@ def test_the_engine_is_loaded_and_read_on_the_worker_thread(qtbot, queue):
 
     class Tiny:
         model_id, provider, tasks, seg_class_names = "m", "CUDA", {"generate"}, ("background", "x")
+        image_size, unsupported = 384, {"caption": "no image encoder"}
 
         def __init__(self):
             threads.append(threading.get_ident())
@@ -57,7 +58,8 @@ def test_the_engine_is_loaded_and_read_on_the_worker_thread(qtbot, queue):
     with qtbot.waitSignal(queue.engine_changed, timeout=TIMEOUT) as blocker:
         queue.load(Tiny)
     assert blocker.args[0] == {"model_id": "m", "provider": "CUDA", "tasks": frozenset({"generate"}),
-                               "seg_class_names": ("background", "x")}
+                               "seg_class_names": ("background", "x"), "image_size": 384,
+                               "unsupported": {"caption": "no image encoder"}, "bundle": None}
     assert threads and threads[0] != threading.get_ident()
 
 
