@@ -107,6 +107,14 @@ def test_engine_generates_with_janus_prompts_and_refuses_image_input_tasks(bundl
         engine.caption(np.zeros((8, 8, 3), np.uint8))
 
 
+def test_the_studio_lists_an_imported_bundle_with_its_size_and_task(bundle, tessera_home):
+    from engine.installed import describe
+    from engine.task_table import EngineTask
+
+    info = describe(bundle, "installed")  # File › Model's entry: read without loading the graphs
+    assert info.available and info.image_size == 8 and info.tasks == {EngineTask.GENERATE}
+
+
 def test_refuses_pickle_checkpoints_with_one_line(hf_dir, tmp_path, capsys):
     folder = tmp_path / "pickled"
     folder.mkdir()
