@@ -1,4 +1,4 @@
-"""Engine-side subcommands of `tessera`: generation, captioning, editing, segmentation, info."""
+"""Engine-side subcommands of `tessera`: generation, captioning, editing, segmentation, info, models."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import importlib
 # Each module defines register(sub: argparse._SubParsersAction).
 COMMAND_MODULES: tuple[str, ...] = (
     "engine.gen_commands",
+    "engine.models_commands",
 )
 
 

@@ -1,6 +1,6 @@
 """engine.installed: the bundled model, the user's installed bundles and remembered folders, each listed
 once with its name, image size and tasks read without loading weights; a broken one as unavailable
-with a one-line reason."""
+with a one-line reason; `tessera models` prints them and the folder they go in."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import shutil
 import pytest
 
 from engine.bundle import DECODE_FILE, WEIGHTS_FILE, write_manifest
+from engine.cli import main
 from engine.engine import Engine
 from engine.errors import BundleError
 from engine.installed import describe, installed_bundles
@@ -74,3 +75,19 @@ def test_listing_reads_no_weights_loading_checks_them(tiny_bundle, tessera_home)
     assert describe(path, "installed").available
     with pytest.raises(BundleError, match="does not match its manifest hash"):
         Engine.load(path)
+
+
+def test_tessera_models_prints_the_list_and_the_folder(tiny_bundle, tessera_home, capsys):
+    (install(tiny_bundle, "broken") / DECODE_FILE).unlink()
+    assert main(["models", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["models_dir"] == str(tessera_home / "models")
+    assert [(b["name"], b["source"], b["image_size"]) for b in out["bundles"]] == [
+        ("shapes-default", "bundled", 64), ("broken", "installed", 0)]
+    bundled, broken = out["bundles"]
+    assert bundled["tasks"][0] == "generate" and "decode.onnx is missing" in broken["error"]
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("shapes-default  (bundled) 64×64, generate, caption")
+    assert lines[2].startswith("broken  (installed) unavailable: ")
+    assert str(tessera_home / "models") in lines[-1]
