@@ -1,5 +1,8 @@
-"""`tessera models [--json]`: the model bundles Tessera finds (engine.installed: the bundled ones and
-those in the models folder) and the folder yours go in."""
+"""`tessera models [--json | --dir]`: the model bundles Tessera finds (engine.installed: the bundled ones
+and those in the models folder) and the folder yours go in; --dir prints only that folder:
+
+    tessera import janus Janus-Pro-1B --out "$(tessera models --dir)/janus-pro-1b-int8" --precision int8
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,9 @@ import json
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list the installed model bundles and the folder they go in")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--json", action="store_true", help="print one JSON object")
+    how.add_argument("--dir", action="store_true", help="print only the folder model bundles go in")
     p.set_defaults(func=_models)
 
 
@@ -19,7 +24,11 @@ def _models(args) -> int:
     from engine.paths import models_dir
     from engine.task_table import TASKS
 
-    bundles, folder = installed_bundles(), models_dir()
+    folder = models_dir()
+    if args.dir:
+        print(folder)
+        return 0
+    bundles = installed_bundles()
     if args.json:
         print(json.dumps({"models_dir": str(folder), "bundles": [
             {"name": b.name, "path": str(b.path), "source": b.source, "image_size": b.image_size,

@@ -91,3 +91,4 @@ def test_tessera_models_prints_the_list_and_the_folder(tiny_bundle, tessera_home
     assert lines[0].startswith("shapes-default  (bundled) 64×64, generate, caption")
     assert lines[2].startswith("broken  (installed) unavailable: ")
     assert str(tessera_home / "models") in lines[-1]
+    assert main(["models", "--dir"]) == 0 and capsys.readouterr().out == f"{tessera_home / 'models'}\n"

@@ -13,7 +13,8 @@ from engine.errors import BadInputError
 def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     p = groups["top"].add_parser("export", help="export a checkpoint to a model bundle (ONNX + manifest)")
     p.add_argument("checkpoint", help="checkpoint folder: config.json + model.safetensors")
-    p.add_argument("--out", required=True, help="bundle folder to write")
+    p.add_argument("--out", required=True, help="bundle folder to write; the studio's File › Model lists "
+                                                "those in the models folder (`tessera models --dir`)")
     p.add_argument("--tokenizer", help="image tokenizer folder (default: CHECKPOINT/image_tokenizer, else "
                                        "the one the run trained with, else the shipped shapes-vq); one "
                                        "other than the run's (by hash) is refused")

@@ -14,7 +14,8 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
         "janus", help="a Janus-Pro checkpoint (transformers format, safetensors) -> a text-to-image bundle")
     p.add_argument("hf_dir", help="folder written by JanusForConditionalGeneration.save_pretrained, with "
                                   "tokenizer.json and tokenizer_config.json")
-    p.add_argument("--out", required=True, help="bundle folder to write")
+    p.add_argument("--out", required=True, help="bundle folder to write; the studio's File › Model lists "
+                                                "those in the models folder (`tessera models --dir`)")
     p.add_argument("--precision", default="fp32",  # checked when the command runs: onnx loads only then
                    help="transformer weights: fp32 (default), fp16, int8 or int4 (int8/int4: blocks of 32)")
     p.add_argument("--name", help="the bundle's display name (default: the folder's name and the precision)")
