@@ -136,9 +136,10 @@ class ModelCommands:
 
     def _fit_blank_canvas(self) -> None:
         """An untouched blank canvas takes the new model's size; a picture or a started one stays."""
-        size = self.model_image_size
-        untouched = self.doc.is_blank() and self.doc.undo.count() == 0 and not self.unsaved
-        if untouched and self.file_path is None and (self.doc.width, self.doc.height) != (size, size):
+        doc, size = self.doc, self.model_image_size
+        untouched = (doc.is_blank() and not doc.mask.any() and doc.undo.count() == 0 and not self.unsaved
+                     and self.file_path is None)
+        if untouched and (doc.width, doc.height) != (size, size):
             self.blank_canvas()
 
     @staticmethod

@@ -87,6 +87,9 @@ def test_the_menu_lists_bundles_and_switches_between_them(qtbot, studio, tiny_bu
     win.new_canvas()
     assert (win.doc.width, win.doc.height) == (64, 64)
     assert [a.text() for a in entries(win).values() if a.isChecked()] == ["shapes-default  ·  64×64"]
+    win.doc.edit_mask(np.full_like(win.doc.mask, 255), "all")  # a started canvas keeps its size
+    switch(qtbot, win, "tiny-t2i  ·  16×16")
+    assert win.engine_info["model_id"].startswith("tiny-t2i") and (win.doc.width, win.doc.height) == (64, 64)
 
 
 def test_open_model_remembers_what_loaded(qtbot, studio, tiny_bundle, tmp_path, monkeypatch):
