@@ -5,8 +5,11 @@ Shapes World for the same budget of *real* (non-pad) tokens, then every checkpoi
 fixed sets: image NLL (nats per image token) of 64 validation caption->image documents given their
 caption, compositional accuracy (the judge reads 50 images generated from the quick suite's test
 captions, through the engine's own decoding: CFG 3, top-p 0.9, one candidate, no retrieval) and
-caption exact match on 50 test images. The figure of merit is real tokens to a target, not wall time
-(nanoGPT speedrun style); every design here costs the same per token.
+caption exact match on 50 test images. Object recall (the share of asked objects the judge finds with
+their kind, colour and cell) gives partial credit before any design composes a whole scene, and unlike
+NLL it compares runs on different image tokenizers (--image-tokenizer; default the shipped one).
+The figure of merit is real tokens to a target, not wall time (nanoGPT speedrun style); every design
+here costs the same per token.
 
 Designs (training/data/sft_source.py explains the layouts):
     packed       the first design: packed rows, loss on every token, CM3 transform 0.25
@@ -36,10 +39,12 @@ SEQ_LEN, MICRO_BATCH = 256, 16
 
 
 def train_config(design: str, out: Path, steps: int, lr: float, threads: int, checkpoints: int,
-                 mixture: dict[str, float]):
+                 mixture: dict[str, float], image_tokenizer: str | None = None):
     from training.config import TrainConfig
 
     data, model = DESIGNS[design]
+    if image_tokenizer:
+        data = {**data, "image_tokenizer": image_tokenizer}
     every = max(1, steps // checkpoints)
     return TrainConfig.from_dict({
         "model": {"preset": "shapes", **model},
@@ -65,14 +70,17 @@ def real_tokens_per_step(cfg, probe_steps: int = 8) -> float:
 class Scorer:
     """The fixed evaluation sets and the engine pieces that score a checkpoint."""
 
-    def __init__(self, n: int = 50, nll_docs: int = 64) -> None:
+    def __init__(self, n: int = 50, nll_docs: int = 64, image_tokenizer: str | None = None) -> None:
         from engine.engine import Engine
+        from engine.image_tokenizer import ImageTokenizer
         from engine.instructions import prompt
         from training.data.shapes import ShapesWorld
         from training.eval.judge import Judge
         from training.eval.suite import compositional_scenes
 
-        self.engine = Engine.load()  # the shipped tokenizers (the designs share them)
+        self.engine = Engine.load()  # the shipped bundle's text tokenizer and vocabulary
+        if image_tokenizer:  # same codebook size, so the same vocabulary
+            self.engine.image_tokenizer = ImageTokenizer.load(image_tokenizer)
         self.judge = Judge.load()
         self.samples = compositional_scenes("test", n, int(self.engine.image_tokenizer.image_size))
         v, text = self.engine.vocab, self.engine.text_tokenizer
@@ -107,11 +115,13 @@ class Scorer:
         tasks = EngineTasks(self.engine, Decoding(n=1, retrieve=0))  # fixed, whatever the studio does
         comp = compositional(tasks.generate, self.judge, self.samples)
         return {"image_nll": round(self.image_nll(model, grid), 4), "compositional": comp["acc"],
+                "object_recall": round(comp["object_recall"], 4),
                 "caption_exact": caption_exact(tasks.caption, self.samples)}
 
 
 def run(design: str, tokens: float, out: str | Path, *, lr: float = 1e-3, threads: int = 2,
-        checkpoints: int = 4, mixture: dict[str, float] | None = None, n: int = 50, log=print) -> dict:
+        checkpoints: int = 4, mixture: dict[str, float] | None = None, n: int = 50,
+        image_tokenizer: str | None = None, log=print) -> dict:
     """Train `design` for `tokens` real tokens into `out` (resumable), then score every checkpoint."""
     import torch
 
@@ -125,10 +135,10 @@ def run(design: str, tokens: float, out: str | Path, *, lr: float = 1e-3, thread
         raise BadInputError(f"--tokens and --lr must be positive numbers, got {tokens} and {lr}")
     out = Path(out)
     mixture = mixture or MIXTURE
-    probe = train_config(design, out, 1, lr, threads, 1, mixture)
+    probe = train_config(design, out, 1, lr, threads, 1, mixture, image_tokenizer)
     per_step = real_tokens_per_step(probe)
     steps = checkpoints * math.ceil(tokens / per_step / checkpoints)  # the last checkpoint is the end
-    cfg = train_config(design, out, steps, lr, threads, checkpoints, mixture)
+    cfg = train_config(design, out, steps, lr, threads, checkpoints, mixture, image_tokenizer)
     log(f"[learn] {design}: {steps} steps x {SEQ_LEN * MICRO_BATCH} positions, "
         f"~{per_step:.0f} real tokens/step")
     t0 = time.time()
@@ -137,7 +147,7 @@ def run(design: str, tokens: float, out: str | Path, *, lr: float = 1e-3, thread
     torch.set_num_threads(threads)
     from engine.nn.transformer import ModelConfig, Transformer
 
-    scorer, points = Scorer(n=n), []
+    scorer, points = Scorer(n=n, image_tokenizer=image_tokenizer), []
     for folder in sorted((out / "checkpoints").glob("step-*")):
         state, model_cfg = load_model_source(folder)
         model = Transformer(ModelConfig.from_dict(model_cfg))
@@ -146,8 +156,8 @@ def run(design: str, tokens: float, out: str | Path, *, lr: float = 1e-3, thread
         point = {"step": info["step"], **info.get("counts", {}), **scorer.score(model)}
         log(f"[learn] {design} {json.dumps(point)}")
         points.append(point)
-    return {"design": design, "lr": lr, "mixture": mixture, "steps": steps, "train_seconds": round(train_s),
-            "points": points}
+    return {"design": design, "image_tokenizer": image_tokenizer or "shipped", "lr": lr, "mixture": mixture,
+            "steps": steps, "train_seconds": round(train_s), "points": points}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,9 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--checkpoints", type=int, default=4)
+    p.add_argument("--image-tokenizer", default=None)
     args = p.parse_args(argv)
     result = run(args.design, args.tokens, args.out, lr=args.lr, threads=args.threads,
-                 checkpoints=args.checkpoints, log=lambda m: print(m, file=sys.stderr))
+                 checkpoints=args.checkpoints, image_tokenizer=args.image_tokenizer,
+                 log=lambda m: print(m, file=sys.stderr))
     print(json.dumps(result))
     return 0
 

@@ -172,6 +172,19 @@ def test_output_loss_matches_the_examples(mixture):
     assert Task.T2I in example_tasks
 
 
+def test_document_loss_weighs_every_document_the_same(mixture):
+    """A 2-token answer weighs as much in total as a 65-token image; the same positions carry a loss."""
+    kw = dict(seed=3, cm3_prob=0.0, seg_classes=SEG_CLASSES)
+    x, _, per_token, docs = PackedInstructionSource(mixture, 256, **kw).batch(1, 0, 0, 1, 4)
+    _, _, per_doc, _ = PackedInstructionSource(mixture, 256, loss="document", **kw).batch(1, 0, 0, 1, 4)
+    assert np.array_equal(per_doc > 0, per_token > 0)
+    totals = [per_doc[r, docs[r] == d].sum() for r in range(4) for d in np.unique(docs[r])
+              if x[r, docs[r] == d][0] != V.pad]
+    assert np.allclose(totals, 1.0)
+    lengths = {int(per_token[r, docs[r] == d].sum()) for r in range(4) for d in np.unique(docs[r])}
+    assert len(lengths - {0}) > 1, "the batch mixes outputs of different lengths"
+
+
 def test_the_first_layout_is_kept_for_comparison(mixture):
     source = PackedInstructionSource(mixture, 256, seed=3, cm3_prob=0.25, seg_classes=SEG_CLASSES,
                                      loss="all", separate_docs=False)

@@ -96,6 +96,9 @@ def test_scene_matches_needs_count_kind_colour_and_cell():
     assert not suite.scene_matches((a, b, ShapeObject("heart", "pink", "small", 1, 1)), scene)
     assert not suite.scene_matches((dataclasses.replace(a, color="pink"), b), scene)
     assert not suite.scene_matches((dataclasses.replace(a, row=1), b), scene)
+    assert suite.objects_found((b, a), scene) == 2
+    assert suite.objects_found((dataclasses.replace(a, color="pink"), b), scene) == 1  # partial credit
+    assert suite.objects_found((dataclasses.replace(a, row=1),), scene) == 0
 
 
 def test_cell_mask_covers_whole_token_cells():

@@ -111,6 +111,22 @@ def test_encode_decode_shapes_and_determinism(cfg):
     assert cfg.grid == (4, 4) and VQConfig().grid == (8, 8)
 
 
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_per_cell_codes_depend_on_their_own_cell_only(kernel):
+    model = VQModel(dataclasses.replace(TINY, encoder_kernel=kernel)).eval()
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    changed = x.clone()
+    changed[..., :4, :4] = torch.rand(3, 4, 4)  # only the top-left cell's pixels
+    z, z2 = model.encoder(x), model.encoder(changed)
+    others = torch.ones(4, 4, dtype=torch.bool)
+    others[0, 0] = False
+    assert not torch.allclose(z[..., 0, 0], z2[..., 0, 0])
+    assert torch.equal(z[..., others], z2[..., others]) == (kernel == 1)
+    with pytest.raises(ValueError, match="encoder_kernel"):
+        VQConfig(encoder_kernel=5)
+
+
 # ---- training --------------------------------------------------------------------------------------
 def _log(out) -> list[dict]:
     return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]

@@ -17,6 +17,7 @@ def register(groups: dict) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--checkpoints", type=int, default=4, help="scored checkpoints along the run")
     p.add_argument("--n", type=int, default=50, help="prompts and images per score")
+    p.add_argument("--image-tokenizer", default=None, help="image tokenizer folder (default: shipped)")
     p.add_argument("--json", action="store_true", help="one line of JSON")
     p.set_defaults(func=cmd_learn)
 
@@ -30,6 +31,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     check_count(args.n, "--n", 1, 10_000)
     result = bench_module("learn").run(args.design, args.tokens, args.out, lr=args.lr, threads=args.threads,
                                        checkpoints=args.checkpoints, n=args.n,
+                                       image_tokenizer=args.image_tokenizer,
                                        log=lambda msg: print(msg, file=sys.stderr))
     print(json.dumps(result, indent=None if args.json else 2))
     return 0

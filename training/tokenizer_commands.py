@@ -37,6 +37,8 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     p.add_argument("--pixel-channels", type=int, default=None,
                    help="width of a full-resolution decoder head (default: none, or the source's)")
     p.add_argument("--pixel-blocks", type=int, default=None, help="residual blocks in that head (default 1)")
+    p.add_argument("--encoder-kernel", type=int, default=1, choices=(1, 3),
+                   help="1 (default): each code depends on its own 8x8 patch only; 3: on its neighbours too")
     p.set_defaults(func=cmd_train)
 
     p = groups["eval"].add_parser("tokenizer", help="reconstruction PSNR and codebook usage of a tokenizer")
@@ -70,7 +72,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             vq = VQConfig.from_dict({**source["vq"], "up_blocks": up_blocks, **head})
         else:
             up_blocks = args.up_blocks if args.up_blocks is not None else 1
-            vq = VQConfig(codebook_size=args.codebook_size, up_blocks=up_blocks, **head)
+            vq = VQConfig(codebook_size=args.codebook_size, up_blocks=up_blocks,
+                          encoder_kernel=args.encoder_kernel, **head)
     except ValueError as e:  # VQConfig's own checks
         raise BadInputError(str(e)) from None
     model = train(cfg, vq, resume=args.resume)

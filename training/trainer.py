@@ -150,11 +150,12 @@ class Trainer:
                 )
         # a source without a vocabulary has no padding: every position is a real token
         real = sum(int((m[0] != self.pad_id).sum()) if self.pad_id is not None else m[0].size for m in micro)
-        counts = [sum(float(m[2].sum(dtype=np.float64)) for m in micro), float(real)]
+        counts = [sum(float(m[2].sum(dtype=np.float64)) for m in micro), float(real),
+                  sum(float(np.count_nonzero(m[2])) for m in micro)]
         totals = parallel.all_reduce_sum(torch.tensor(counts, dtype=torch.float64).to(info.device), info)
         total_w = float(totals[0])
         self.counts["real_tokens"] += int(totals[1])
-        self.counts["loss_tokens"] += total_w
+        self.counts["loss_tokens"] += float(totals[2])  # tokens with a weight, whatever the weight
         norm = max(total_w, 1e-8)
         loss_sum = torch.zeros((), dtype=torch.float64, device=info.device)
         self.model.train()

@@ -46,11 +46,20 @@ class VQConfig:
     # layers at the code grid, pixel-shuffle out — GEMM-shaped work that trains several times faster
     # on a CPU (convolution backward at 32-64 px with 32 channels runs at a few GFLOP/s there).
     arch: str = "patch"
+    # Kernel of the patch encoder's residual blocks on the code grid. 3 lets a cell's code see its
+    # neighbours (the first shipped tokenizer: an empty background took 13-25 codes). 1 makes each code
+    # a function of its own 8x8 patch only: identical content -> identical code, one code per plain
+    # background (docs/tokenizer.md "Codes per cell"). The decoder keeps 3x3 kernels either way.
+    encoder_kernel: int = 3
 
     def __post_init__(self) -> None:
         self.channels = tuple(self.channels)
         if self.arch not in ("conv", "patch"):
             raise ValueError(f"VQConfig.arch must be 'conv' or 'patch', got {self.arch!r}")
+        if self.encoder_kernel not in (1, 3):
+            raise ValueError(f"VQConfig.encoder_kernel must be 1 or 3, got {self.encoder_kernel}")
+        if self.encoder_kernel != 3 and self.arch != "patch":
+            raise ValueError("VQConfig.encoder_kernel 1 (codes per cell) needs arch='patch'")
         if self.pixel_channels < 0 or self.pixel_blocks < 0:
             raise ValueError("VQConfig.pixel_channels and pixel_blocks must be >= 0")
         if self.pixel_channels and self.arch != "patch":
@@ -80,10 +89,10 @@ class VQConfig:
 # synthetic scenes erases absolute colour (measured: a GroupNorm model reconstructed every shape in
 # one average hue after 300 steps).
 class ResBlock(nn.Module):
-    def __init__(self, c: int):
+    def __init__(self, c: int, kernel: int = 3):
         super().__init__()
-        self.conv1 = nn.Conv2d(c, c, 3, padding=1)
-        self.conv2 = nn.Conv2d(c, c, 3, padding=1)
+        self.conv1 = nn.Conv2d(c, c, kernel, padding=kernel // 2)
+        self.conv2 = nn.Conv2d(c, c, kernel, padding=kernel // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv2(F.silu(self.conv1(F.silu(x))))
@@ -94,7 +103,7 @@ class PatchEncoder(nn.Module):
         super().__init__()
         c = cfg.channels[-1]
         layers: list[nn.Module] = [nn.Conv2d(3, c, cfg.downsample, stride=cfg.downsample)]
-        layers += [ResBlock(c) for _ in range(cfg.res_blocks)]
+        layers += [ResBlock(c, cfg.encoder_kernel) for _ in range(cfg.res_blocks)]
         layers += [nn.SiLU(), nn.Conv2d(c, cfg.code_dim, 1)]
         self.net = nn.Sequential(*layers)
 

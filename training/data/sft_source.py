@@ -50,6 +50,9 @@ class PackedInstructionSource:
       and closing <eos> only (the prompt is given, not modelled: a dropped condition makes the output
       unconditional, which is what classifier-free guidance needs), and each document keeps its own
       positions and attention (the batch's fourth array, doc_ids), exactly as the engine runs it.
+    - `loss = "document"`: the same outputs, each document's weighing the same in total (its tokens
+      1/length each). Per token, a 2-token VQA answer got 0.5 % of the loss beside 65-token images
+      (bench/mixture_shares.py); per document it gets its share of the mixture.
 
     `trained_with`: the tokenizers the documents were made with, by hash (training/components.py)."""
 
@@ -57,9 +60,9 @@ class PackedInstructionSource:
 
     def __init__(self, mixture: InstructionMixture, seq_len: int, seed: int, cm3_prob: float,
                  seg_classes: tuple[str, ...], loss: str = "output", separate_docs: bool = True) -> None:
-        if loss not in ("output", "all"):
-            raise BadInputError(f"[data] loss must be \"output\" or \"all\", not {loss!r}")
-        if loss == "output" and cm3_prob > 0:
+        if loss not in ("output", "document", "all"):
+            raise BadInputError(f"[data] loss must be \"output\", \"document\" or \"all\", not {loss!r}")
+        if loss != "all" and cm3_prob > 0:
             raise BadInputError("[data] cm3_prob > 0 needs loss = \"all\" (a CM3 transform moves the output)")
         self.mixture, self.seq_len, self.seed, self.cm3_prob = mixture, seq_len, seed, cm3_prob
         self.loss, self.separate_docs = loss, separate_docs
@@ -101,11 +104,21 @@ class PackedInstructionSource:
             docs[i, used:] = n  # the padding is a document of its own
         inputs, targets = rows[:, :-1].copy(), rows[:, 1:].copy()
         weights = loss_weights(v, targets)
-        if self.loss == "output":
+        if self.loss != "all":
             weights *= output[:, 1:]
+        if self.loss == "document":
+            weights = weights / _document_sums(weights, docs[:, 1:])
         if not self.separate_docs:
             return inputs, targets, weights
         return inputs, targets, weights, docs[:, :-1].copy()
+
+
+def _document_sums(weights: np.ndarray, docs: np.ndarray) -> np.ndarray:
+    """Each position's document total of `weights` (1 where it is 0: those positions weigh nothing)."""
+    per_doc = np.zeros((len(docs), int(docs.max()) + 1))
+    np.add.at(per_doc, (np.arange(len(docs))[:, None], docs), weights)
+    totals = np.take_along_axis(per_doc, docs, axis=1)
+    return np.where(totals > 0, totals, 1.0)
 
 
 @register_source("shapes-sft")

@@ -5,7 +5,8 @@ ground-truth samples, so it can be checked with fake models; `EngineTasks` turns
 those callables. Images from the model are read back by the judge (training/eval/judge.py).
 
     compositional_acc          GenEval-style: exactly the objects asked for, each with the right kind,
-                               colour and cell (size reported apart as compositional_size_acc)
+                               colour and cell (size reported apart as compositional_size_acc;
+                               compositional_object_recall: the share of asked objects found)
     heldout_compositional_acc  the same on the heldout split (unseen colour-shape pairs)
     caption_exact              caption == canonical caption (case, whitespace, final period ignored)
     vqa_acc                    exact answers to the instruction-data questions
@@ -66,6 +67,13 @@ def scene_matches(seen: Sequence, scene: Scene, with_size: bool = False) -> bool
     return len(seen) == len(scene.objects) and _cells(seen, with_size) == _cells(scene.objects, with_size)
 
 
+def objects_found(seen: Sequence, scene: Scene) -> int:
+    """How many of the scene's objects are seen in their cell with their kind and colour: partial
+    credit where scene_matches is all or nothing, so designs compare before either can compose."""
+    found = _cells(seen, False)
+    return sum(found.get(cell) == want for cell, want in _cells(scene.objects, False).items())
+
+
 def sizes_match(seen: Sequence, scene: Scene) -> bool:
     """Every object of the scene found in its cell at its size (kind and colour aside)."""
     found = {(o.row, o.col): o.size for o in seen}
@@ -106,7 +114,10 @@ def compositional(generate: Generate, judge: Judge, samples: Sequence, seed: int
     pred = judge.predict(images)
     ok = [scene_matches(pred.objects(i), s.scene) for i, s in enumerate(samples)]
     size_ok = [sizes_match(pred.objects(i), s.scene) for i, s in enumerate(samples)]
-    return {"acc": float(np.mean(ok)), "size_acc": float(np.mean(size_ok)), "pred": pred}
+    found = sum(objects_found(pred.objects(i), s.scene) for i, s in enumerate(samples))
+    recall = found / max(1, sum(len(s.scene.objects) for s in samples))
+    return {"acc": float(np.mean(ok)), "size_acc": float(np.mean(size_ok)), "object_recall": recall,
+            "pred": pred}
 
 
 def caption_exact(caption: Callable[[np.ndarray], str], samples: Sequence) -> float:
@@ -348,14 +359,16 @@ def run_suite(
 
     def comp() -> dict:
         r = compositional(tasks.generate, judge, test, seed)
-        values = {"compositional_acc": r["acc"], "compositional_size_acc": r["size_acc"]}
+        values = {"compositional_acc": r["acc"], "compositional_size_acc": r["size_acc"],
+                  "compositional_object_recall": r["object_recall"]}
         if "fid" in wanted:
             values["fid"] = fid_pair(judge, r["pred"].features, real_test, real_other)["fid"]
         return values
 
     def heldout() -> dict:
         r = compositional(tasks.generate, judge, compositional_scenes("heldout", n, size, seed), seed)
-        return {"heldout_compositional_acc": r["acc"], "heldout_size_acc": r["size_acc"]}
+        return {"heldout_compositional_acc": r["acc"], "heldout_size_acc": r["size_acc"],
+                "heldout_object_recall": r["object_recall"]}
 
     def floor() -> dict:
         ceiling = tokenizer_ceiling(judge, engine.image_tokenizer, test, real_other)
