@@ -5,9 +5,11 @@ Shapes World for the same budget of *real* (non-pad) tokens, then every checkpoi
 fixed sets: image NLL (nats per image token) of 64 validation caption->image documents given their
 caption, compositional accuracy (the judge reads 50 images generated from the quick suite's test
 captions, through the engine's own decoding: CFG 3, top-p 0.9, one candidate, no retrieval) and
-caption exact match on 50 test images. Object recall (the share of asked objects the judge finds with
-their kind, colour and cell) gives partial credit before any design composes a whole scene, and unlike
-NLL it compares runs on different image tokenizers (--image-tokenizer; default the shipped one).
+caption exact match on 50 test images, and the judge-feature FID of those 50 images against 50 real
+validation images (biased at n = 50, but the same n for every design). Object recall (the share of
+asked objects the judge finds with their kind, colour and cell) gives partial credit before any design
+composes a whole scene. Unlike NLL, recall and FID compare runs on different image tokenizers
+(--image-tokenizer; default the shipped one).
 The figure of merit is real tokens to a target, not wall time (nanoGPT speedrun style); every design
 here costs the same per token.
 
@@ -82,7 +84,10 @@ class Scorer:
         if image_tokenizer:  # same codebook size, so the same vocabulary
             self.engine.image_tokenizer = ImageTokenizer.load(image_tokenizer)
         self.judge = Judge.load()
-        self.samples = compositional_scenes("test", n, int(self.engine.image_tokenizer.image_size))
+        size = int(self.engine.image_tokenizer.image_size)
+        self.samples = compositional_scenes("test", n, size)
+        real = np.stack([s.image for s in compositional_scenes("val", n, size)])
+        self.reference = self.judge.features(real)
         v, text = self.engine.vocab, self.engine.text_tokenizer
         world = ShapesWorld("val", seed=1_000_003)
         scenes = [world.sample(i) for i in range(nll_docs)]
@@ -108,6 +113,7 @@ class Scorer:
 
     def score(self, model) -> dict:
         from engine.backends import GridCells, TorchBackend
+        from training.eval.fid import fid
         from training.eval.suite import Decoding, EngineTasks, caption_exact, compositional
 
         grid = GridCells.of(self.engine.vocab) if model.config.grid_rows else None
@@ -116,6 +122,7 @@ class Scorer:
         comp = compositional(tasks.generate, self.judge, self.samples)
         return {"image_nll": round(self.image_nll(model, grid), 4), "compositional": comp["acc"],
                 "object_recall": round(comp["object_recall"], 4),
+                "fid": round(fid(comp["pred"].features, self.reference), 2),
                 "caption_exact": caption_exact(tasks.caption, self.samples)}
 
 
