@@ -168,7 +168,7 @@ def cmd_recipe(args: argparse.Namespace) -> int:
         result = json.loads(done.read_text()) if done.is_file() else report(out)
         print(f"[recipe] held-out report ({done}): {json.dumps(result)}", file=sys.stderr)
         print(f"[recipe] the bundle: tessera generate --bundle {out / 'bundle'} \"a caption\"; "
-              "in the studio: File > Open model...", file=sys.stderr)
+              "in the studio: File > Model > Open model...", file=sys.stderr)
     if args.install and not args.dry_run:
         target = assets_dir() / "models" / "shapes"
         tmp = target.with_name(".shapes.installing")
