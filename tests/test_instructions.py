@@ -294,3 +294,13 @@ def test_folder_instruction_data(tmp_path, tok):
         InstructionMixture(data, {"t2i": 1.0, "segment": 1.0})
     mix = InstructionMixture(data, {"t2i": 1.0, "caption_infill": 1.0})
     assert {mix.example(i).task for i in range(20)} == {Task.T2I, Task.CAPTION_INFILL}
+    # image infilling: the whole image is the output, a hole in the prompt, the caption as hint half the time
+    hinted = 0
+    for i in range(0, 16, 2):  # index % 2 == 0: the red barn
+        ex = data.example(Task.INFILL, i)
+        output = ex.ids[ex.prompt_len:-1]
+        assert np.array_equal(output, data.example(Task.T2I, 0).ids[-len(output) - 1:-1])
+        assert V.is_mask(ex.ids[:ex.prompt_len]).any()
+        head = ex.ids[:ex.prompt_len]
+        hinted += "a red barn" in tok.decode(V.to_bpe(head[V.is_text(head)]))
+    assert 0 < hinted < 8

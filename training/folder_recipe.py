@@ -1,7 +1,7 @@
 """`tessera train recipe folder DIR --out RUN [--budget-hours H]`: train on your own images.
 
     split (a disjoint held-out part) -> image tokenizer -> text tokenizer -> retriever -> memory bank
-    -> multi-task training from scratch (text->image, captioning, caption infilling)
+    -> multi-task training from scratch (text->image, captioning, caption infilling, image infilling)
     -> runtime-only export (the run's own tokenizers, checked by hash) -> held-out report
 
 The shapes recipe's design (training/recipe.py): no retrieval-augmented pretraining stage, the
@@ -41,7 +41,6 @@ RETRIEVER_STEP_S = 1.8  # bi-encoder, batch 192 (the shipped retriever: 1,200 st
 SHARES = {"tokenizer": 0.12, "retriever": 0.08, "transformer": 0.72}  # of the budget; the rest: the others
 SMALL = {"n_layer": 4, "n_head": 3, "d_model": 192}  # the shapes preset, narrower, below SMALL_BELOW images
 SMALL_BELOW = 5000
-FOLDER_WEIGHTS = {"t2i": 3.0, "caption": 1.0, "caption_infill": 0.5}
 REPORT_IMAGES = 100  # held-out images the report generates from and captions
 
 
@@ -182,6 +181,8 @@ def folder_stages(src: str, out: Path, budget_hours: float, save_plan: bool = Tr
     vq, text, retriever, memory = (out / "vq", out / "text" / "tokenizer.json", out / "retriever",
                                    out / "memory")
     steps = p.steps
+    from training.data.sft_source import FOLDER_WEIGHTS
+
     sft_cfg = write_recipe(RECIPES_DIR / "shapes-sft.toml", out / "sft.toml", {
         "model": p.model,
         "optim": {"warmup": min(template["optim"]["warmup"], max(1, steps // 10))},

@@ -240,17 +240,24 @@ class InstructionData(InstructionSource):
             o = s.scene.objects[k]
             region, hint = box_region(self.vocab, s.boxes[k]), f"a {o.size} {o.color} {o.kind}"
         else:
-            rh, rw = (int(v) for v in rng.integers(1, [h // 2 + 1, w // 2 + 1]))
-            r0, c0 = int(rng.integers(h - rh + 1)), int(rng.integers(w - rw + 1))
-            region, hint = rectangle(self.vocab, r0, c0, r0 + rh - 1, c0 + rw - 1), s.canonical
+            region, hint = random_rectangle(self.vocab, rng), s.canonical
         return {"image_ids": image, "region": region, "text": hint if rng.random() < 0.5 else None}
 
 
-class FolderInstructionData(InstructionSource):
-    """Caption-based examples (t2i, caption, caption_infill) from a folder dataset's captioned
-    images; uncaptioned images are left out. Deterministic by (seed, task, index)."""
+def random_rectangle(vocab: Vocab, rng: np.random.Generator):
+    """A hole of 1..half the grid in each direction, anywhere in the image."""
+    h, w = vocab.image_grid
+    rh, rw = (int(v) for v in rng.integers(1, [h // 2 + 1, w // 2 + 1]))
+    r0, c0 = int(rng.integers(h - rh + 1)), int(rng.integers(w - rw + 1))
+    return rectangle(vocab, r0, c0, r0 + rh - 1, c0 + rw - 1)
 
-    tasks = (Task.T2I, Task.CAPTION, Task.CAPTION_INFILL)
+
+class FolderInstructionData(InstructionSource):
+    """Caption-based examples (t2i, caption, caption_infill, infill: a random rectangle, the caption
+    as its hint half the time) from a folder dataset's captioned images; uncaptioned images are left
+    out. Deterministic by (seed, task, index)."""
+
+    tasks = (Task.T2I, Task.CAPTION, Task.CAPTION_INFILL, Task.INFILL)
 
     def __init__(self, dataset: FolderDataset, vocab: Vocab, text_tok: TextTokenizer, encode: Encoder, *,
                  seed: int = 0, paraphrases: str = "train", cond_dropout: float = 0.1) -> None:
@@ -270,6 +277,9 @@ class FolderInstructionData(InstructionSource):
     def _content(self, task: Task, index: int, rng: np.random.Generator) -> tuple[dict, object]:
         pixels, text = self.dataset.load(self.captioned[index % len(self.captioned)])
         (image,) = self._codes(pixels)
+        if task is Task.INFILL:
+            hint = text if rng.random() < 0.5 else None
+            return {"image_ids": image, "region": random_rectangle(self.vocab, rng), "text": hint}, image
         return ({"text": text}, image) if task is Task.T2I else ({"image_ids": image}, text)
 
 

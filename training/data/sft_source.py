@@ -25,7 +25,7 @@ DEFAULT_WEIGHTS = {
     "t2i": 3.0, "caption": 1.0, "caption_infill": 1.0, "vqa": 1.5, "infill": 1.5, "edit": 1.5,
     "segment": 1.5, "seg2img": 1.0, "grounded": 1.0,
 }
-FOLDER_WEIGHTS = {"t2i": 3.0, "caption": 1.0, "caption_infill": 1.0}
+FOLDER_WEIGHTS = {"t2i": 3.0, "caption": 1.0, "caption_infill": 0.5, "infill": 1.0}
 SPLITS = {"train": "train", "val": "val"}
 
 
